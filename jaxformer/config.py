@@ -1,0 +1,330 @@
+"""Typed configs, named presets and `KEY=VALUE` overrides.
+
+A run is fully described by one `Config` (saved as `<workdir>/config.json`). Every architectural variant is a
+value here, never a copy of a module: follow a field name (say `n_kv_heads`) into `jaxformer/model/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import typing
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from jaxformer.errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 0  # 0: taken from the tokenizer
+    n_layer: int = 4
+    d_model: int = 128
+    n_heads: int = 4
+    n_kv_heads: int = 0  # 0: = n_heads (MHA); 1: MQA; in between: GQA
+    head_dim: int = 0  # 0: d_model // n_heads
+    mlp: str = "gelu"  # gelu | swiglu | geglu
+    mlp_ratio: float = 4.0  # hidden width = mlp_ratio * d_model (use 8/3 for the gated variants at equal params)
+    gelu_approximate: bool = True  # GPT-2 uses the tanh approximation, BERT the exact erf form
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    norm_eps: float = 1e-5
+    post_norm: bool = False  # False: pre-norm (GPT-2 and later); True: post-norm (original BERT)
+    embed_norm: bool = False  # norm right after the embeddings (BERT)
+    positions: str = "learned"  # learned | sinusoidal | rope
+    rope_theta: float = 10000.0
+    max_seq_len: int = 0  # 0: train.seq_len
+    window: int = 0  # sliding attention window in tokens; 0: global attention
+    global_every: int = 0  # with a window: every k-th layer (k-1, 2k-1, ...) stays global; 0: none
+    dropout: float = 0.0
+    bias: bool = True
+    tie_embeddings: bool = True
+    # Mixture of experts: 0 experts = dense MLP everywhere.
+    n_experts: int = 0
+    moe_top_k: int = 2
+    moe_capacity_factor: float = 1.25
+    moe_aux_weight: float = 0.01  # weight of the load-balancing loss added to the objective
+    moe_every: int = 1  # MoE in every k-th layer (layer k-1, 2k-1, ...), dense MLP elsewhere
+    init_std: float = 0.02
+    param_dtype: str = "float32"
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16
+    remat: bool = False  # recompute each block's activations in the backward pass
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    kind: str = "clm"  # clm (decoder, causal) | mlm (encoder, bidirectional)
+    mask_rate: float = 0.15
+    mask_token_frac: float = 0.8  # of the selected positions: replaced by [MASK]
+    random_token_frac: float = 0.1  # replaced by a random token; the rest keep their token
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "builtin"  # builtin | text:<file|glob|dir> | tfds:<name>[/config][:split]
+    tokenizer: str = "char"  # char | byte | bpe | unigram
+    vocab_size: int = 8192  # for bpe / unigram
+    valid_fraction: float = 0.1  # the last fraction of the corpus is the validation split
+    packing: bool = False  # document-aware windows: attention and positions never cross documents
+    cache_dir: str = ""  # token cache; empty: ~/.cache/jaxformer
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at train.steps
+    b1: float = 0.9
+    b2: float = 0.99
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # on matrices only (biases, norms and 1-D params are not decayed)
+    grad_clip: float = 1.0  # global norm; 0: off
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 500
+    batch_size: int = 16  # global batch, in sequences
+    seq_len: int = 128
+    grad_accum: int = 1  # micro-batches per step; batch_size must divide by it
+    seed: int = 0
+    log_every: int = 25
+    eval_every: int = 250
+    eval_batches: int = 8
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    sample_every: int = 0  # 0: sample only at the end (decoders)
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    data: int = -1  # -1: all devices left over by the other axes
+    fsdp: int = 1
+    tensor: int = 1
+    expert: int = 1
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+# ---------------------------------------------------------------------------------------------- presets
+
+def _preset(**sections: dict) -> Config:
+    cfg = Config()
+    for name, values in sections.items():
+        cfg = replace(cfg, **{name: replace(getattr(cfg, name), **values)})
+    return cfg
+
+
+_TINY_MODEL = dict(n_layer=4, d_model=128, n_heads=4, dropout=0.0)
+_TINY_TRAIN = dict(steps=400, batch_size=16, seq_len=128, log_every=20, eval_every=200, checkpoint_every=200)
+
+PRESETS: dict[str, Config] = {
+    # CPU quick start: a few minutes on two cores.
+    "decoder-tiny": _preset(model=_TINY_MODEL, objective=dict(kind="clm"), train=_TINY_TRAIN,
+                            optimizer=dict(lr=2e-3, warmup_steps=40)),
+    "encoder-tiny": _preset(model=dict(_TINY_MODEL, positions="learned"), objective=dict(kind="mlm"),
+                            train=_TINY_TRAIN, optimizer=dict(lr=2e-3, warmup_steps=40)),
+    # nanoGPT's CPU "baby" shakespeare_char run.
+    "shakespeare-char-cpu": _preset(
+        model=dict(n_layer=4, d_model=128, n_heads=4, dropout=0.0, bias=False),
+        data=dict(source="text:../shared/data/tinyshakespeare/input.txt", tokenizer="char"),
+        train=dict(steps=2000, batch_size=12, seq_len=64, log_every=50, eval_every=250, eval_batches=20,
+                   checkpoint_every=1000),
+        optimizer=dict(lr=1e-3, warmup_steps=100, min_lr_ratio=0.1, b2=0.99, weight_decay=0.1)),
+    # nanoGPT's shakespeare_char GPU config.
+    "shakespeare-char": _preset(
+        model=dict(n_layer=6, d_model=384, n_heads=6, dropout=0.2, bias=False),
+        data=dict(source="text:../shared/data/tinyshakespeare/input.txt", tokenizer="char"),
+        train=dict(steps=5000, batch_size=64, seq_len=256, log_every=50, eval_every=250, eval_batches=20,
+                   checkpoint_every=1000),
+        optimizer=dict(lr=1e-3, warmup_steps=100, min_lr_ratio=0.1, b2=0.99, weight_decay=0.1)),
+    # GPT-2 124M shapes (vocab 50257 to match the GPT-2 BPE).
+    "gpt2-small": _preset(
+        model=dict(vocab_size=50257, n_layer=12, d_model=768, n_heads=12, max_seq_len=1024, dropout=0.0),
+        data=dict(tokenizer="bpe", vocab_size=50257),
+        train=dict(steps=600000, batch_size=480, seq_len=1024, grad_accum=40),
+        optimizer=dict(lr=6e-4, warmup_steps=2000, b2=0.95)),
+    # BERT-base shapes: post-norm, embedding norm, exact GELU, untied? no: BERT ties its MLM decoder.
+    "bert-base": _preset(
+        model=dict(vocab_size=30522, n_layer=12, d_model=768, n_heads=12, max_seq_len=512, post_norm=True,
+                   embed_norm=True, gelu_approximate=False, norm_eps=1e-12, dropout=0.1),
+        objective=dict(kind="mlm"),
+        data=dict(tokenizer="unigram", vocab_size=30522),
+        train=dict(steps=1000000, batch_size=256, seq_len=512),
+        optimizer=dict(lr=1e-4, warmup_steps=10000, b2=0.999, weight_decay=0.01)),
+    # GPT-3 175B: for parameter / FLOP accounting only.
+    "gpt3-175b": _preset(
+        model=dict(vocab_size=50257, n_layer=96, d_model=12288, n_heads=96, max_seq_len=2048),
+        data=dict(tokenizer="bpe", vocab_size=50257),
+        train=dict(batch_size=1536, seq_len=2048)),
+}
+
+
+def get_preset(name: str) -> Config:
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, PRESETS, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"choose one of: {', '.join(PRESETS)}."
+        raise UserError(f"Unknown preset '{name}': {hint}")
+    return PRESETS[name]
+
+
+# ---------------------------------------------------------------------------------------------- overrides
+
+def _all_keys(cfg: Config) -> list[str]:
+    return [f"{s.name}.{f.name}" for s in fields(cfg) for f in fields(getattr(cfg, s.name))]
+
+
+def _parse_value(key: str, raw: str, kind: Any) -> Any:
+    if kind is bool:
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise UserError(f"Bad value '{raw}' for {key}: expected true or false.")
+    try:
+        if kind is int:
+            value = float(raw)  # accept 1e3
+            if value != int(value):
+                raise ValueError
+            return int(value)
+        if kind is float:
+            return float(raw)
+    except ValueError:
+        raise UserError(f"Bad value '{raw}' for {key}: expected {'an integer' if kind is int else 'a number'}.") \
+            from None
+    return raw
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Config:
+    """Apply dotted `section.field=value` overrides, with a suggestion for a mistyped key."""
+    items = overrides.items() if isinstance(overrides, dict) else [_split_override(o) for o in overrides]
+    for key, raw in items:
+        section, _, name = key.partition(".")
+        sub = getattr(cfg, section, None) if section in {f.name for f in fields(cfg)} else None
+        if sub is None or name not in {f.name for f in fields(sub)}:
+            close = difflib.get_close_matches(key, _all_keys(cfg), n=1, cutoff=0.5)
+            hint = f"did you mean '{close[0]}'?" if close else "see `jaxformer params --help` for the config keys."
+            raise UserError(f"Unknown config key '{key}': {hint}")
+        kind = typing.get_type_hints(type(sub))[name]
+        value = _parse_value(key, raw, kind) if isinstance(raw, str) else raw
+        cfg = replace(cfg, **{section: replace(sub, **{name: value})})
+    return cfg
+
+
+def _split_override(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise UserError(f"Bad override '{text}': write it as KEY=VALUE, e.g. train.steps=200.")
+    return key.strip(), value.strip()
+
+
+def from_dict(data: dict) -> Config:
+    """Rebuild a Config from `config.json` (unknown keys are refused, missing keys take defaults)."""
+    flat = {f"{s}.{k}": v for s, sub in data.items() for k, v in sub.items()}
+    return apply_overrides(Config(), flat)
+
+
+# ---------------------------------------------------------------------------------------------- resolution
+
+def resolve(cfg: Config, *, vocab_size: int | None = None, n_devices: int | None = None) -> Config:
+    """Fill derived values (vocab from the tokenizer, head counts, mesh) and validate; raise UserError."""
+    m = cfg.model
+    if vocab_size is not None and m.vocab_size == 0:
+        m = replace(m, vocab_size=vocab_size)
+    m = replace(m,
+                n_kv_heads=m.n_kv_heads or m.n_heads,
+                head_dim=m.head_dim or (m.d_model // m.n_heads if m.n_heads and m.d_model % m.n_heads == 0 else 0),
+                max_seq_len=m.max_seq_len or cfg.train.seq_len)
+    mesh = cfg.mesh
+    if n_devices is not None and mesh.data == -1:
+        others = mesh.fsdp * mesh.tensor * mesh.expert
+        mesh = replace(mesh, data=max(n_devices // others, 1) if others > 0 else 1)
+    cfg = replace(cfg, model=m, mesh=mesh)
+    validate(cfg, n_devices=n_devices)
+    return cfg
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def validate(cfg: Config, n_devices: int | None = None) -> None:
+    m, o, d, t, opt, mesh = cfg.model, cfg.objective, cfg.data, cfg.train, cfg.optimizer, cfg.mesh
+    choices = {"model.mlp": (m.mlp, ("gelu", "swiglu", "geglu")),
+               "model.norm": (m.norm, ("layernorm", "rmsnorm")),
+               "model.positions": (m.positions, ("learned", "sinusoidal", "rope")),
+               "model.dtype": (m.dtype, ("float32", "bfloat16")),
+               "model.param_dtype": (m.param_dtype, ("float32", "bfloat16")),
+               "objective.kind": (o.kind, ("clm", "mlm")),
+               "data.tokenizer": (d.tokenizer, ("char", "byte", "bpe", "unigram"))}
+    for key, (value, allowed) in choices.items():
+        _check(value in allowed, f"Bad value '{value}' for {key}: choose one of {', '.join(allowed)}.")
+    for key, value in [("model.n_layer", m.n_layer), ("model.d_model", m.d_model), ("model.n_heads", m.n_heads),
+                       ("train.steps", t.steps), ("train.batch_size", t.batch_size), ("train.seq_len", t.seq_len),
+                       ("train.grad_accum", t.grad_accum), ("train.log_every", t.log_every),
+                       ("train.checkpoint_every", t.checkpoint_every), ("train.eval_batches", t.eval_batches)]:
+        _check(value > 0, f"Bad value {value} for {key}: it must be positive.")
+    _check(m.d_model % m.n_heads == 0 or cfg.model.head_dim > 0,
+           f"model.n_heads={m.n_heads} does not divide model.d_model={m.d_model}: pick n_heads from "
+           f"{_divisors(m.d_model)} or set model.head_dim.")
+    _check(m.n_kv_heads > 0 and m.n_heads % m.n_kv_heads == 0,
+           f"model.n_kv_heads={m.n_kv_heads} does not divide model.n_heads={m.n_heads}: pick one of "
+           f"{_divisors(m.n_heads)}.")
+    _check(m.positions != "rope" or m.head_dim % 2 == 0,
+           f"RoPE needs an even head dimension, got {m.head_dim}: change model.d_model or model.n_heads.")
+    _check(m.max_seq_len >= t.seq_len,
+           f"train.seq_len={t.seq_len} is longer than model.max_seq_len={m.max_seq_len}: raise model.max_seq_len.")
+    _check(m.window >= 0 and m.global_every >= 0, "model.window and model.global_every must be >= 0.")
+    _check(0.0 <= m.dropout < 1.0, f"Bad value {m.dropout} for model.dropout: it must be in [0, 1).")
+    _check(m.mlp_ratio > 0, f"Bad value {m.mlp_ratio} for model.mlp_ratio: it must be positive.")
+    if m.n_experts:
+        _check(1 <= m.moe_top_k <= m.n_experts,
+               f"model.moe_top_k={m.moe_top_k} must be between 1 and model.n_experts={m.n_experts}.")
+        _check(m.moe_capacity_factor > 0, "model.moe_capacity_factor must be positive.")
+        _check(m.moe_every >= 1, "model.moe_every must be >= 1.")
+    _check(0.0 < o.mask_rate < 1.0, f"Bad value {o.mask_rate} for objective.mask_rate: it must be in (0, 1).")
+    _check(o.mask_token_frac >= 0 and o.random_token_frac >= 0 and o.mask_token_frac + o.random_token_frac <= 1,
+           "objective.mask_token_frac + objective.random_token_frac must be within [0, 1].")
+    _check(0.0 < d.valid_fraction < 1.0, f"Bad value {d.valid_fraction} for data.valid_fraction: use (0, 1).")
+    _check(opt.lr > 0, f"Bad value {opt.lr} for optimizer.lr: it must be positive.")
+    _check(opt.warmup_steps >= 0, "optimizer.warmup_steps must be >= 0.")
+    _check(t.batch_size % t.grad_accum == 0,
+           f"train.batch_size={t.batch_size} does not divide into train.grad_accum={t.grad_accum} micro-batches.")
+    sizes = (mesh.data, mesh.fsdp, mesh.tensor, mesh.expert)
+    _check(all(s >= 1 for s in sizes[1:]) and (mesh.data >= 1 or mesh.data == -1),
+           f"Bad mesh sizes {sizes}: each of mesh.data/fsdp/tensor/expert must be >= 1 (mesh.data may be -1).")
+    if n_devices is not None:
+        product = math.prod(sizes)
+        _check(product == n_devices,
+               f"The mesh data×fsdp×tensor×expert = {'×'.join(map(str, sizes))} = {product} does not match the "
+               f"{n_devices} available devices: set mesh.data=-1 or sizes whose product is {n_devices}.")
+        batch_shards = mesh.data * mesh.fsdp * mesh.expert
+        micro = t.batch_size // t.grad_accum
+        _check(micro % batch_shards == 0,
+               f"The micro-batch of {micro} sequences does not split over the {batch_shards} batch shards "
+               f"(mesh.data×fsdp×expert): make train.batch_size/train.grad_accum a multiple of {batch_shards}.")
+
+
+def _divisors(n: int) -> list[int]:
+    return [k for k in range(1, n + 1) if n % k == 0]
+
+
+def load_config(preset: str, overrides: list[str]) -> Config:
+    return apply_overrides(get_preset(preset), overrides)
