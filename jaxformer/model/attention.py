@@ -1,0 +1,88 @@
+"""Multi-head attention with grouped KV heads, RoPE, sliding windows and an optional KV cache.
+
+`n_kv_heads` = `n_heads` is MHA, 1 is MQA, anything between is GQA; only the KV heads are projected and cached.
+The kernel is `jax.nn.dot_product_attention` (cuDNN flash attention on NVIDIA GPUs, XLA elsewhere).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxformer.config import ModelConfig
+from jaxformer.model.layers import Linear, residual_std
+from jaxformer.model.positions import apply_rope
+
+KVCache = dict  # {"k": [B, S, K, H], "v": [B, S, K, H], "pos": [B, S] int32 (-1 = empty slot)}
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int) -> KVCache:
+    shape = (batch, length, cfg.n_kv_heads, cfg.head_dim)
+    return {"k": jnp.zeros(shape, cfg.dtype), "v": jnp.zeros(shape, cfg.dtype),
+            "pos": jnp.full((batch, length), -1, jnp.int32)}
+
+
+def attention_mask(q_pos_BxT: jax.Array, k_pos_BxS: jax.Array, *, causal: bool, window: int,
+                   q_seg_BxT: jax.Array | None = None, k_seg_BxS: jax.Array | None = None) -> jax.Array:
+    """Boolean [B, 1, T, S] mask from positions: the one definition of causal / window / segment visibility."""
+    q, k = q_pos_BxT[:, None, :, None], k_pos_BxS[:, None, None, :]
+    mask = k >= 0
+    if causal:
+        mask &= k <= q
+    if window:
+        mask &= jnp.abs(q - k) < window
+    if q_seg_BxT is not None:
+        mask &= q_seg_BxT[:, None, :, None] == k_seg_BxS[:, None, None, :]
+    return mask
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, window: int, rngs: nnx.Rngs):
+        d, n, k, h = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.window, self.positions, self.rope_theta = window, cfg.positions, cfg.rope_theta
+        self.q = Linear("btd,dnh->btnh", (d, n, h), ("embed", "heads", "head_dim"), bias_shape=(n, h),
+                        bias_axes=("heads", "head_dim"), cfg=cfg, rngs=rngs)
+        self.k = Linear("btd,dkh->btkh", (d, k, h), ("embed", "kv_heads", "head_dim"), bias_shape=(k, h),
+                        bias_axes=("kv_heads", "head_dim"), cfg=cfg, rngs=rngs)
+        self.v = Linear("btd,dkh->btkh", (d, k, h), ("embed", "kv_heads", "head_dim"), bias_shape=(k, h),
+                        bias_axes=("kv_heads", "head_dim"), cfg=cfg, rngs=rngs)
+        self.o = Linear("btnh,nhd->btd", (n, h, d), ("heads", "head_dim", "embed"), bias_shape=(d,),
+                        bias_axes=("norm",), cfg=cfg, rngs=rngs, std=residual_std(cfg))
+
+    def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, *, causal: bool,
+                 segment_ids_BxT: jax.Array | None = None,
+                 cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+        q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = self.q(x_BxTxD), self.k(x_BxTxD), self.v(x_BxTxD)
+        if self.positions == "rope":
+            q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, self.rope_theta)
+            k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, self.rope_theta)
+        if cache is not None:
+            out, cache = self._attend_cached(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, positions_BxT, causal, cache)
+        elif segment_ids_BxT is None:
+            # Fast path: no explicit mask, so the cuDNN kernel can apply causal + window itself.
+            left = self.window - 1 if self.window else None
+            local = None if left is None else (left, 0 if causal else left)
+            out = jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, is_causal=causal,
+                                               local_window_size=local)
+        else:
+            mask = attention_mask(positions_BxT, positions_BxT, causal=causal, window=self.window,
+                                  q_seg_BxT=segment_ids_BxT, k_seg_BxS=segment_ids_BxT)
+            out = jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask=mask)
+        return self.o(out), cache
+
+    def _attend_cached(self, q, k, v, positions_BxT, causal, cache):
+        """Write this chunk's K/V at its slots, then attend over every filled slot the mask allows.
+
+        Slots are `positions % S` per row, so prefill (T > 1) and one-token decode share this path, and rows
+        that were left-padded (position -1 is never written) need no special case.
+        """
+        b, s = cache["pos"].shape
+        slot_BxT = jnp.where(positions_BxT >= 0, positions_BxT % s, s)  # s: out of range, dropped
+        rows = jnp.arange(b)[:, None]
+        cache = {"k": cache["k"].at[rows, slot_BxT].set(k.astype(cache["k"].dtype), mode="drop"),
+                 "v": cache["v"].at[rows, slot_BxT].set(v.astype(cache["v"].dtype), mode="drop"),
+                 "pos": cache["pos"].at[rows, slot_BxT].set(positions_BxT, mode="drop")}
+        mask = attention_mask(positions_BxT, cache["pos"], causal=causal, window=self.window)
+        out = jax.nn.dot_product_attention(q, cache["k"].astype(q.dtype), cache["v"].astype(q.dtype), mask=mask)
+        return out, cache

@@ -1,0 +1,133 @@
+"""Block and Transformer: one module tree for the decoder (causal) and the encoder (bidirectional).
+
+Causality is an argument of the call, chosen by the objective, not a second model class. The model returns
+hidden states; the heads (`logits`, `mlm_logits`) are separate methods so a loss can project only the
+positions it needs (the MLM loss projects just the masked ones).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxformer.config import Config, ModelConfig
+from jaxformer.model.attention import Attention, KVCache, init_cache
+from jaxformer.model.layers import MLP, Linear, Norm, activation, dropout, dtypes
+from jaxformer.model.moe import MoE
+from jaxformer.model.positions import sinusoidal
+
+
+def layer_window(cfg: ModelConfig, layer: int) -> int:
+    """Sliding window of `layer` (0 = global): every `global_every`-th layer stays global."""
+    if not cfg.window or (cfg.global_every and (layer + 1) % cfg.global_every == 0):
+        return 0
+    return cfg.window
+
+
+def layer_is_moe(cfg: ModelConfig, layer: int) -> bool:
+    return cfg.n_experts > 0 and (layer + 1) % cfg.moe_every == 0
+
+
+class Block(nnx.Module):
+    """Attention + MLP (or MoE) with residuals; pre-norm by default, post-norm (BERT) with `post_norm`."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs):
+        self.post_norm, self.rate = cfg.post_norm, cfg.dropout
+        self.attn_norm = Norm(cfg)
+        self.attn = Attention(cfg, window=layer_window(cfg, layer), rngs=rngs)
+        self.mlp_norm = Norm(cfg)
+        self.mlp = MoE(cfg, rngs=rngs) if layer_is_moe(cfg, layer) else MLP(cfg, rngs=rngs)
+
+    def __call__(self, x_BxTxD, positions_BxT, *, causal: bool, segment_ids_BxT=None, cache=None, rng=None):
+        rng_attn, rng_mlp = jax.random.split(rng) if rng is not None else (None, None)
+        if self.post_norm:
+            h, cache = self.attn(x_BxTxD, positions_BxT, causal=causal, segment_ids_BxT=segment_ids_BxT,
+                                 cache=cache)
+            x_BxTxD = self.attn_norm(x_BxTxD + dropout(h, self.rate, rng_attn))
+            h, aux = self.mlp(x_BxTxD)
+            return self.mlp_norm(x_BxTxD + dropout(h, self.rate, rng_mlp)), aux, cache
+        h, cache = self.attn(self.attn_norm(x_BxTxD), positions_BxT, causal=causal,
+                             segment_ids_BxT=segment_ids_BxT, cache=cache)
+        x_BxTxD = x_BxTxD + dropout(h, self.rate, rng_attn)
+        h, aux = self.mlp(self.mlp_norm(x_BxTxD))
+        return x_BxTxD + dropout(h, self.rate, rng_mlp), aux, cache
+
+
+class Transformer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, mlm_head: bool = False, rngs: nnx.Rngs):
+        param_dtype, self.dtype = dtypes(cfg)
+        self.cfg = cfg
+        normal = jax.nn.initializers.normal(cfg.init_std)
+        self.embed = nnx.Param(normal(rngs.params(), (cfg.vocab_size, cfg.d_model), param_dtype),
+                               axes=("vocab", "embed"))
+        self.pos_embed = nnx.Param(normal(rngs.params(), (cfg.max_seq_len, cfg.d_model), param_dtype),
+                                   axes=(None, "embed")) if cfg.positions == "learned" else None
+        self.embed_norm = Norm(cfg) if cfg.embed_norm else None
+        self.blocks = nnx.List([Block(cfg, i, rngs=rngs) for i in range(cfg.n_layer)])
+        self.final_norm = None if cfg.post_norm else Norm(cfg)  # post-norm blocks already end normalised
+        self.lm_head = None if cfg.tie_embeddings else Linear(
+            "...d,dv->...v", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg=cfg, rngs=rngs)
+        if mlm_head:  # BERT: dense + activation + norm, then the (tied) vocabulary projection plus a bias
+            self.mlm_transform = Linear("...d,de->...e", (cfg.d_model, cfg.d_model), ("embed", "mlp"),
+                                        bias_shape=(cfg.d_model,), bias_axes=("norm",), cfg=cfg, rngs=rngs)
+            self.mlm_norm = Norm(cfg)
+            self.mlm_bias = nnx.Param(jnp.zeros((cfg.vocab_size,), param_dtype), axes=("vocab",))
+        else:
+            self.mlm_transform = self.mlm_norm = self.mlm_bias = None
+
+    def __call__(self, tokens_BxT: jax.Array, *, causal: bool, positions_BxT: jax.Array | None = None,
+                 segment_ids_BxT: jax.Array | None = None, rng: jax.Array | None = None,
+                 cache: list[KVCache] | None = None) -> tuple[jax.Array, jax.Array, list[KVCache] | None]:
+        """Tokens -> final hidden states [B, T, D], the summed MoE auxiliary loss, and the updated KV cache.
+
+        `rng=None` is deterministic (no dropout). With `cache`, the tokens are written at their positions.
+        """
+        cfg = self.cfg
+        if positions_BxT is None:
+            positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
+        x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(self.dtype)
+        if cfg.positions == "learned":
+            x_BxTxD = x_BxTxD + jnp.take(self.pos_embed[...], jnp.maximum(positions_BxT, 0), axis=0).astype(self.dtype)
+        elif cfg.positions == "sinusoidal":
+            x_BxTxD = x_BxTxD + sinusoidal(positions_BxT, cfg.d_model).astype(self.dtype)
+        if self.embed_norm is not None:
+            x_BxTxD = self.embed_norm(x_BxTxD)
+        rngs = jax.random.split(rng, cfg.n_layer + 1) if rng is not None else [None] * (cfg.n_layer + 1)
+        x_BxTxD = dropout(x_BxTxD, cfg.dropout, rngs[-1])
+
+        def run_block(block, x, positions, segment_ids, layer_cache, layer_rng):
+            return block(x, positions, causal=causal, segment_ids_BxT=segment_ids, cache=layer_cache, rng=layer_rng)
+
+        if cfg.remat:
+            run_block = nnx.remat(run_block)
+        aux_total = jnp.zeros((), jnp.float32)
+        new_cache = [] if cache is not None else None
+        for i, block in enumerate(self.blocks):
+            x_BxTxD, aux, layer_cache = run_block(block, x_BxTxD, positions_BxT, segment_ids_BxT,
+                                                  None if cache is None else cache[i], rngs[i])
+            aux_total = aux_total + aux
+            if cache is not None:
+                new_cache.append(layer_cache)
+        if self.final_norm is not None:
+            x_BxTxD = self.final_norm(x_BxTxD)
+        return x_BxTxD, aux_total, new_cache
+
+    def logits(self, h_xD: jax.Array) -> jax.Array:
+        """LM head on any [..., D] hidden states -> [..., V] (tied to the embedding unless configured not)."""
+        if self.lm_head is not None:
+            return self.lm_head(h_xD)
+        return jnp.einsum("...d,vd->...v", h_xD.astype(self.dtype), self.embed[...].astype(self.dtype))
+
+    def mlm_logits(self, h_xD: jax.Array) -> jax.Array:
+        """BERT's MLM head on [..., D] hidden states (call it on the masked positions only)."""
+        h = activation("gelu", self.cfg.gelu_approximate)(self.mlm_transform(h_xD))
+        return self.logits(self.mlm_norm(h)) + self.mlm_bias[...].astype(self.dtype)
+
+    def init_cache(self, batch: int, length: int | None = None) -> list[KVCache]:
+        return [init_cache(self.cfg, batch, length or self.cfg.max_seq_len) for _ in range(self.cfg.n_layer)]
+
+
+def build_model(cfg: Config, seed: int = 0) -> Transformer:
+    """The model for a resolved config (vocab and head counts filled in by `config.resolve`)."""
+    return Transformer(cfg.model, mlm_head=cfg.objective.kind == "mlm", rngs=nnx.Rngs(seed))
