@@ -1,0 +1,146 @@
+"""TrainState and THE train step: one pure `(state, batch, rng) -> (state, metrics)` for encoders and decoders.
+
+The objective (CLM or MLM) is a static config value carried by the state, so both families compile the same
+Python function `train_step`; `compile_train_step` wraps it in `jax.jit` with explicit shardings and donation.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+from jax.sharding import Mesh
+
+from jaxformer import objectives, parallel
+from jaxformer.config import Config, OptimizerConfig
+from jaxformer.model import build_model
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: nnx.State
+    opt_state: Any
+    graphdef: Any = struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    cfg: Config = struct.field(pytree_node=False)
+
+    def model(self):
+        return nnx.merge(self.graphdef, self.params)
+
+
+def lr_schedule(opt: OptimizerConfig, steps: int) -> optax.Schedule:
+    """Linear warmup to `lr`, cosine decay to `lr * min_lr_ratio` at the last step."""
+    decay_steps = max(steps, opt.warmup_steps + 1)
+    return optax.warmup_cosine_decay_schedule(0.0, opt.lr, opt.warmup_steps, decay_steps, opt.lr * opt.min_lr_ratio)
+
+
+@functools.lru_cache(maxsize=32)  # one object per config, so equal configs give equal (static) states
+def make_optimizer(cfg: Config) -> optax.GradientTransformation:
+    opt = cfg.optimizer
+
+    def decay_mask(params):  # matrices decay; biases, norm scales and other vectors do not
+        return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+    adamw = optax.adamw(lr_schedule(opt, cfg.train.steps), b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                        weight_decay=opt.weight_decay, mask=decay_mask)
+    return optax.chain(optax.clip_by_global_norm(opt.grad_clip), adamw) if opt.grad_clip > 0 else adamw
+
+
+def _init(cfg: Config, graphdef, tx) -> TrainState:
+    params = nnx.split(build_model(cfg, cfg.train.seed), nnx.Param)[1]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      graphdef=graphdef, tx=tx, cfg=cfg)
+
+
+@functools.lru_cache(maxsize=32)
+def abstract_state(cfg: Config) -> TrainState:
+    """Shapes and dtypes of the state, with no allocation (also used for parameter accounting)."""
+    tx = make_optimizer(cfg)
+    graphdef = nnx.split(nnx.eval_shape(lambda: build_model(cfg)), nnx.Param)[0]
+    return jax.eval_shape(lambda: _init(cfg, graphdef, tx))
+
+
+def state_shardings(abstract: TrainState, mesh: Mesh) -> TrainState:
+    return parallel.tree_shardings(abstract, mesh)
+
+
+def init_train_state(cfg: Config, mesh: Mesh) -> tuple[TrainState, TrainState]:
+    """Initialise the state directly into its shardings (no full copy on one device); returns (state, shardings)."""
+    abstract = abstract_state(cfg)
+    shardings = state_shardings(abstract, mesh)
+    init = jax.jit(lambda: _init(cfg, abstract.graphdef, abstract.tx), out_shardings=shardings)
+    return init(), shardings
+
+
+def _split_micro(x: jax.Array, k: int) -> jax.Array:
+    """[B, ...] -> [k, B/k, ...] taking rows i, i+k, i+2k, ... into micro-batch i, so that every batch shard
+    contributes equally to every micro-batch (no resharding)."""
+    return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+
+
+def train_step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
+    """One optimizer step on the global batch, accumulating `train.grad_accum` micro-batches."""
+    cfg = state.cfg
+    causal = objectives.is_causal(cfg.objective)
+    rng = jax.random.fold_in(rng, state.step)
+    rng_objective, rng_dropout = jax.random.split(rng)
+    # The objective sees the whole batch at once, so accumulation changes nothing about the masks drawn.
+    ex = objectives.prepare(batch, rng_objective, cfg.objective, cfg.model.vocab_size)
+    n_total = jnp.maximum(ex["weights"].sum(), 1.0)
+    k = cfg.train.grad_accum
+    aux_weight = cfg.model.moe_aux_weight if cfg.model.n_experts else 0.0
+
+    def loss_fn(params, micro, micro_rng):
+        model = nnx.merge(state.graphdef, params)
+        rng_ = micro_rng if cfg.model.dropout > 0 else None
+        loss_sum, stats = objectives.loss_sums(model, micro, causal=causal, rng=rng_)
+        return loss_sum / n_total + aux_weight * stats["aux"] / k, (loss_sum, stats)
+
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+    if k == 1:
+        grads, (loss_sum, stats) = grad_fn(state.params, ex, rng_dropout)
+    else:
+        micro_batches = jax.tree.map(lambda x: _split_micro(x, k), ex)
+
+        def accumulate(carry, inputs):
+            i, micro = inputs
+            grads, (loss_sum, stats) = grad_fn(state.params, micro, jax.random.fold_in(rng_dropout, i))
+            return jax.tree.map(jnp.add, carry, (grads, loss_sum, stats)), None
+
+        zeros = jax.tree.map(jnp.zeros_like, (state.params, jnp.zeros(()),
+                                              {"correct": 0.0, "n_tokens": 0.0, "aux": 0.0}))
+        (grads, loss_sum, stats), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(k), micro_batches))
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss_sum / n_total, "accuracy": stats["correct"] / n_total, "n_tokens": stats["n_tokens"],
+               "grad_norm": optax.global_norm(grads),
+               "lr": lr_schedule(cfg.optimizer, cfg.train.steps)(state.step)}
+    if cfg.model.n_experts:
+        metrics["moe_aux"] = stats["aux"] / k
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(state: TrainState, batch: dict, rng: jax.Array) -> dict:
+    """Summed loss terms on one batch (no dropout; MLM masks from `rng`, fixed by the caller for comparability)."""
+    cfg = state.cfg
+    ex = objectives.prepare(batch, rng, cfg.objective, cfg.model.vocab_size)
+    loss_sum, stats = objectives.loss_sums(state.model(), ex, causal=objectives.is_causal(cfg.objective), rng=None)
+    return {"loss_sum": loss_sum, "correct": stats["correct"], "n_tokens": stats["n_tokens"]}
+
+
+def compile_train_step(shardings: TrainState, mesh: Mesh):
+    """`train_step` under jit with explicit shardings: state in place (donated), batch over the batch axes."""
+    batch_sh = parallel.batch_sharding(mesh)
+    return jax.jit(train_step, in_shardings=(shardings, batch_sh, parallel.replicated(mesh)),
+                   out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
+
+
+def compile_eval_step(shardings: TrainState, mesh: Mesh):
+    batch_sh = parallel.batch_sharding(mesh)
+    return jax.jit(eval_step, in_shardings=(shardings, batch_sh, parallel.replicated(mesh)),
+                   out_shardings=parallel.replicated(mesh))
