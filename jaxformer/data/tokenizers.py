@@ -1,0 +1,308 @@
+"""Tokenizers (char, byte, SentencePiece BPE / unigram) that share one fixed table of special-token ids.
+
+Every tokenizer reserves ids 0..7 for the same specials, so code downstream (MLM masking, padding, packing)
+can test `id < N_SPECIAL` without knowing which tokenizer a run used. Ordinary tokens start at N_SPECIAL.
+
+The literal texts "[MASK]", "[CLS]" and "[SEP]" inside input text encode to their special ids in every
+tokenizer (fill-mask writes "[MASK]" into a prompt). `decode` drops every special id.
+
+A tokenizer is saved as `<workdir>/tokenizer/tokenizer.json` (+ `spm.model` for SentencePiece) and reused on
+resume; its `fingerprint` keys the token cache and guards against resuming with a different tokenizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from jaxformer.errors import UserError
+
+PAD, UNK, BOS, EOS, MASK, CLS, SEP = 0, 1, 2, 3, 4, 5, 6
+N_SPECIAL = 8  # id 7 is reserved
+SPECIAL_TOKENS = {"[PAD]": PAD, "[UNK]": UNK, "[BOS]": BOS, "[EOS]": EOS, "[MASK]": MASK, "[CLS]": CLS,
+                  "[SEP]": SEP}
+# Specials that may be written literally in input text. PAD/BOS/EOS/UNK are not: a corpus that happens to
+# contain "[EOS]" must not fake a document boundary.
+LITERAL_SPECIALS = {"[MASK]": MASK, "[CLS]": CLS, "[SEP]": SEP}
+_LITERAL_RE = re.compile("(" + "|".join(re.escape(t) for t in LITERAL_SPECIALS) + ")")
+
+KINDS = ("char", "byte", "bpe", "unigram")
+TOKENIZER_DIR = "tokenizer"
+_META_FILE = "tokenizer.json"
+_SPM_FILE = "spm.model"
+
+
+def _split_literals(text: str) -> list[str]:
+    """Split text around literal specials: ["the ", "[MASK]", " sat"]; cheap when there are none."""
+    if "[" not in text:
+        return [text]
+    return [part for part in _LITERAL_RE.split(text) if part]
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Tokenizer:
+    """Base: `encode` str -> int32 ids (no specials added), `decode` ids -> str (specials dropped)."""
+
+    kind: str = ""
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def char_level(self) -> bool:
+        """True when one token is at most one character (bits per character = bits per token)."""
+        return self.kind in ("char", "byte")
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self._content()).hexdigest()[:16]
+
+    def encode(self, text: str) -> np.ndarray:
+        parts = _split_literals(text)
+        if len(parts) == 1 and parts[0] not in LITERAL_SPECIALS:
+            return self._encode_plain(parts[0])
+        chunks = [np.array([LITERAL_SPECIALS[p]], np.int32) if p in LITERAL_SPECIALS else self._encode_plain(p)
+                  for p in parts]
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
+
+    def decode(self, ids: Iterable[int] | np.ndarray) -> str:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        return self._decode_plain(ids[ids >= N_SPECIAL])
+
+    def save(self, workdir: str | os.PathLike) -> None:
+        folder = Path(workdir) / TOKENIZER_DIR
+        for name, data in self._files().items():
+            _atomic_write_bytes(folder / name, data)
+        meta = {"kind": self.kind, "vocab_size": self.vocab_size, "fingerprint": self.fingerprint,
+                **self._meta()}
+        _atomic_write_bytes(folder / _META_FILE, json.dumps(meta, indent=2).encode())
+
+    # subclass hooks
+    def _encode_plain(self, text: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def _decode_plain(self, ids: np.ndarray) -> str:
+        raise NotImplementedError
+
+    def _content(self) -> bytes:
+        raise NotImplementedError
+
+    def _meta(self) -> dict:
+        return {}
+
+    def _files(self) -> dict[str, bytes]:
+        return {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(kind={self.kind!r}, vocab_size={self.vocab_size}, fp={self.fingerprint})"
+
+
+class CharTokenizer(Tokenizer):
+    """One id per Unicode character seen in the training text (sorted); unseen characters become UNK."""
+
+    kind = "char"
+
+    def __init__(self, chars: Iterable[str]):
+        self.chars = sorted(set(chars))
+        # Sorted code points + searchsorted: vectorised lookup without a dense table over all of Unicode.
+        self._codepoints = np.array([ord(c) for c in self.chars], dtype=np.uint32)
+        self._table = np.array(self.chars + [""], dtype=object)
+
+    @classmethod
+    def train(cls, text: str) -> CharTokenizer:
+        return cls(set(text))
+
+    @property
+    def vocab_size(self) -> int:
+        return N_SPECIAL + len(self.chars)
+
+    def _encode_plain(self, text: str) -> np.ndarray:
+        cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        if not len(self._codepoints):
+            return np.full(len(cps), UNK, np.int32)
+        idx = np.searchsorted(self._codepoints, cps)
+        idx_clipped = np.minimum(idx, len(self._codepoints) - 1)
+        known = self._codepoints[idx_clipped] == cps
+        return np.where(known, idx_clipped + N_SPECIAL, UNK).astype(np.int32)
+
+    def _decode_plain(self, ids: np.ndarray) -> str:
+        idx = ids - N_SPECIAL
+        idx = np.where((idx >= 0) & (idx < len(self.chars)), idx, len(self.chars))
+        return "".join(self._table[idx])
+
+    def _content(self) -> bytes:
+        return ("char\0" + "".join(self.chars)).encode("utf-8", "surrogatepass")
+
+    def _meta(self) -> dict:
+        return {"chars": "".join(self.chars)}
+
+
+class ByteTokenizer(Tokenizer):
+    """UTF-8 bytes: id = byte + N_SPECIAL. Never UNK; a decode of a cut multi-byte char uses U+FFFD."""
+
+    kind = "byte"
+
+    @property
+    def vocab_size(self) -> int:
+        return 256 + N_SPECIAL
+
+    def _encode_plain(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32) + N_SPECIAL
+
+    def _decode_plain(self, ids: np.ndarray) -> str:
+        ids = ids[ids < 256 + N_SPECIAL]
+        return (ids - N_SPECIAL).astype(np.uint8).tobytes().decode("utf-8", errors="replace")
+
+    def _content(self) -> bytes:
+        return b"byte\0v1"
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """SentencePiece BPE or unigram, trained so that its ids 0..7 are exactly our specials.
+
+    Text is kept byte-exact (identity normalisation, no whitespace collapsing, no dummy prefix), so
+    `decode(encode(text)) == text` for any text made of characters seen in training. With a vocabulary of
+    at least 1024, unseen characters fall back to UTF-8 byte pieces instead of UNK.
+    """
+
+    def __init__(self, model_proto: bytes, kind: str):
+        import sentencepiece as spm
+
+        self.kind = kind
+        self.model_proto = bytes(model_proto)
+        self._sp = spm.SentencePieceProcessor(model_proto=self.model_proto)
+
+    @classmethod
+    def train(cls, kind: str, text: str, vocab_size: int) -> SentencePieceTokenizer:
+        import sentencepiece as spm
+
+        if not text:
+            raise UserError(f"Cannot train a {kind} tokenizer on an empty training text: check data.source.")
+        model = io.BytesIO()
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=_training_chunks(text), model_writer=model, model_type=kind,
+                vocab_size=vocab_size,
+                pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
+                pad_piece="[PAD]", unk_piece="[UNK]", bos_piece="[BOS]", eos_piece="[EOS]",
+                # user-defined symbols take the free ids in order (4, 5, 6, 7) and match literally in text
+                user_defined_symbols=["[MASK]", "[CLS]", "[SEP]", "[RESERVED7]"],
+                normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
+                allow_whitespace_only_pieces=True, character_coverage=1.0, byte_fallback=vocab_size >= 1024,
+                hard_vocab_limit=False,  # small corpora cannot always fill a unigram vocabulary
+                max_sentence_length=1 << 16, input_sentence_size=2_000_000, shuffle_input_sentence=True,
+                num_threads=1,  # deterministic: the same text always gives the same model
+                minloglevel=2,
+            )
+        except RuntimeError as err:
+            raise UserError(f"SentencePiece could not train a {kind} tokenizer with data.vocab_size={vocab_size} "
+                            f"({str(err).splitlines()[0][:160]}): lower data.vocab_size or use more text.") from None
+        tok = cls(model.getvalue(), kind)
+        ids = [tok._sp.piece_to_id(p) for p in ("[MASK]", "[CLS]", "[SEP]")]
+        assert ids == [MASK, CLS, SEP], f"sentencepiece placed the specials at {ids}"
+        return tok
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.get_piece_size()
+
+    def _encode_plain(self, text: str) -> np.ndarray:
+        return np.asarray(self._sp.encode(text), dtype=np.int32)
+
+    def _decode_plain(self, ids: np.ndarray) -> str:
+        return self._sp.decode(ids.tolist())
+
+    def _content(self) -> bytes:
+        return self.kind.encode() + b"\0" + self.model_proto
+
+    def _files(self) -> dict[str, bytes]:
+        return {_SPM_FILE: self.model_proto}
+
+
+def _training_chunks(text: str, size: int = 4096) -> Iterator[str]:
+    """Feed SentencePiece pieces of ~size chars cut after a newline, so that "\\n" is part of the vocabulary
+    (splitting into lines would drop it and break the round trip)."""
+    i = 0
+    while i < len(text):
+        cut = text.rfind("\n", i, i + size)
+        end = i + size if cut <= i or i + size >= len(text) else cut + 1
+        yield text[i:end]
+        i = end
+
+
+def train_tokenizer(kind: str, train_text: str, vocab_size: int) -> Tokenizer:
+    if kind == "char":
+        return CharTokenizer.train(train_text)
+    if kind == "byte":
+        return ByteTokenizer()
+    if kind in ("bpe", "unigram"):
+        return SentencePieceTokenizer.train(kind, train_text, vocab_size)
+    raise UserError(f"Unknown tokenizer '{kind}' in data.tokenizer: choose one of {', '.join(KINDS)}.")
+
+
+def load_tokenizer(workdir: str | os.PathLike | None) -> Tokenizer | None:
+    """The tokenizer saved in `workdir` (or in a folder that directly holds tokenizer.json); None if absent."""
+    if workdir is None:
+        return None
+    folder = Path(workdir)
+    if not (folder / _META_FILE).exists():
+        folder = folder / TOKENIZER_DIR
+    meta_path = folder / _META_FILE
+    if not meta_path.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        kind = meta["kind"]
+        if kind == "char":
+            tok: Tokenizer = CharTokenizer(meta["chars"])
+        elif kind == "byte":
+            tok = ByteTokenizer()
+        else:
+            tok = SentencePieceTokenizer((folder / _SPM_FILE).read_bytes(), kind)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise UserError(f"The tokenizer in {folder} is unreadable ({type(err).__name__}): delete that folder "
+                        f"to rebuild it, or use the workdir it came from.") from None
+    if meta.get("fingerprint") not in (None, tok.fingerprint):
+        raise UserError(f"The tokenizer in {folder} does not match its recorded fingerprint (corrupt file?): "
+                        f"restore it from the original run or delete the folder to retrain.")
+    return tok
+
+
+def check_kind(tok: Tokenizer, wanted: str, where: str | os.PathLike) -> None:
+    if tok.kind != wanted:
+        raise UserError(f"The run in {where} was tokenized with '{tok.kind}' but data.tokenizer={wanted}: "
+                        f"resuming with a different tokenizer than the checkpoint's is refused (use a new "
+                        f"--workdir or set data.tokenizer={tok.kind}).")
+
+
+def build_tokenizer(data_cfg, train_text: str, workdir: str | os.PathLike | None) -> Tokenizer:
+    """The workdir's tokenizer if it has one (its kind must match data_cfg.tokenizer), else a new one trained
+    on `train_text` and saved into the workdir."""
+    existing = load_tokenizer(workdir)
+    if existing is not None:
+        check_kind(existing, data_cfg.tokenizer, workdir)
+        return existing
+    tok = train_tokenizer(data_cfg.tokenizer, train_text, data_cfg.vocab_size)
+    if workdir is not None:
+        tok.save(workdir)
+    return tok
