@@ -93,3 +93,37 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def restore_run(workdir: str | Path, cfg=None):
+    """(cfg, mesh, state, shardings) of the newest verified checkpoint in a run directory, on this host's devices.
+
+    The mesh is rebuilt for the devices at hand (all of them on the data axis), whatever the run trained on:
+    orbax reshards on restore.
+    """
+    from dataclasses import replace
+
+    from jaxformer import parallel, rundir, train
+    from jaxformer.config import MeshConfig
+
+    cfg = cfg or rundir.read_config(workdir)
+    cfg = replace(cfg, mesh=MeshConfig(data=jax.device_count()))
+    mesh = parallel.make_mesh(cfg.mesh)
+    abstract = train.abstract_state(cfg)
+    shardings = train.state_shardings(abstract, mesh)
+    state = Checkpointer(workdir, cfg.train.keep_checkpoints).restore_latest(abstract, shardings)
+    if state is None:
+        raise UserError(f"No checkpoint in {Path(workdir) / 'checkpoints'}: train first, or point --workdir at a "
+                        f"finished run.")
+    return cfg, mesh, state, shardings
+
+
+def load_for_inference(workdir: str | Path):
+    """(cfg, tokenizer, graphdef, params) of a trained run, for sampling, fill-mask and evaluation."""
+    from jaxformer.data.tokenizers import load_tokenizer
+
+    cfg, _, state, _ = restore_run(workdir)
+    tokenizer = load_tokenizer(workdir)
+    if tokenizer is None:
+        raise UserError(f"{workdir} has no saved tokenizer: it is not a complete jaxformer run directory.")
+    return cfg, tokenizer, state.graphdef, state.params

@@ -82,12 +82,3 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
-
-def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Each process passes only its own rows; the result is one global array per key, sharded over the batch axes."""
-    out = {}
-    for key, value in local.items():
-        sharding = batch_sharding(mesh, value.ndim)
-        global_shape = (value.shape[0] * jax.process_count(), *value.shape[1:])
-        out[key] = jax.make_array_from_process_local_data(sharding, value, global_shape)
-    return out

@@ -1,0 +1,170 @@
+"""`jaxformer train | eval | sample | fill-mask | finetune | params | bench`.
+
+Exit codes: 0 done, 2 bad input (one sentence on stderr), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from jaxformer.errors import UserError
+
+DEFAULT_PRESET = "decoder-tiny"
+
+
+def _add_config_args(p: argparse.ArgumentParser, *, preset_default: str | None = DEFAULT_PRESET) -> None:
+    p.add_argument("--preset", default=preset_default,
+                   help=f"named config (default {preset_default}); see `jaxformer params --list-presets`")
+    p.add_argument("--set", dest="overrides", action="append", default=[], nargs="+", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set model.n_kv_heads=2 train.steps=200 (repeatable)")
+
+
+def _overrides(args) -> list[str]:
+    return [item for group in args.overrides for item in group]
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxformer", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more (and show tracebacks)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train (or resume) a run in --workdir")
+    _add_config_args(p)
+    p.add_argument("--workdir", required=True, help="run directory; re-running on it resumes from its checkpoints")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--sample-tokens", type=int, default=200, help="decoder runs: tokens to sample at the end")
+
+    p = sub.add_parser("eval", help="evaluate a run's latest checkpoint; prints one JSON object")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--split", default="valid", choices=["train", "valid"])
+    p.add_argument("--data", default=None, help="another data source to evaluate on (the run's tokenizer is used)")
+    p.add_argument("--batches", type=int, default=None, help="number of eval batches (default: train.eval_batches)")
+
+    p = sub.add_parser("sample", help="continue prompt(s) with a decoder run")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for a batch of prompts)")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("fill-mask", help="top-k predictions for each [MASK] in TEXT with an encoder run")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("text", help="text holding one or more [MASK]")
+    p.add_argument("--top-k", type=int, default=5)
+
+    p = sub.add_parser("params", help="parameter and FLOP counts of a config (no allocation)")
+    _add_config_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--list-presets", action="store_true")
+    return parser
+
+
+def cmd_train(args) -> int:
+    from jaxformer import config as config_lib
+    from jaxformer import report, trainer
+
+    cfg = config_lib.load_config(args.preset, _overrides(args))
+    config_lib.validate(cfg)  # cheap checks before any data is read
+    result = trainer.train_loop(cfg, args.workdir, show_progress=not args.no_progress)
+    report.print_training_summary(args.workdir, result, sample_tokens=args.sample_tokens)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from dataclasses import replace
+
+    from jaxformer import checkpoint, trainer
+    from jaxformer.data.pipeline import load_corpus
+
+    cfg, mesh, state, shardings = checkpoint.restore_run(args.workdir)
+    data_cfg = replace(cfg.data, source=args.data) if args.data else cfg.data
+    corpus = load_corpus(data_cfg, args.workdir, show_progress=False)
+    run = trainer.Run(cfg, corpus, mesh, state, shardings)
+    out = trainer.evaluate(run, split=args.split, n_batches=args.batches)
+    print(json.dumps({"step": int(state.step), "split": args.split, "source": data_cfg.source, **out}))
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from jaxformer import checkpoint, generate
+    from jaxformer.data.tokenizers import EOS
+
+    cfg, tokenizer, graphdef, params = checkpoint.load_for_inference(args.workdir)
+    if cfg.objective.kind != "clm":
+        raise UserError(f"{args.workdir} holds an encoder (objective.kind={cfg.objective.kind}): sampling needs a "
+                        f"decoder run; use `jaxformer fill-mask` for encoders.")
+    prompts = [tokenizer.encode(p) for p in args.prompt]
+    outs = generate.generate(graphdef, params, prompts, max_new_tokens=args.max_new_tokens,
+                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                             eos_id=EOS)
+    for prompt, new in zip(args.prompt, outs, strict=True):
+        print(prompt + tokenizer.decode(new))
+        if len(outs) > 1:
+            print("-" * 40)
+    return 0
+
+
+def cmd_fill_mask(args) -> int:
+    from jaxformer import checkpoint, generate
+
+    cfg, tokenizer, graphdef, params = checkpoint.load_for_inference(args.workdir)
+    if cfg.objective.kind != "mlm":
+        raise UserError(f"{args.workdir} holds a decoder (objective.kind={cfg.objective.kind}): fill-mask needs "
+                        f"an encoder run; use `jaxformer sample` for decoders.")
+    if "[MASK]" not in args.text:
+        raise UserError("The text has no [MASK]: write [MASK] where a token should be predicted.")
+    results = generate.fill_mask(graphdef, params, tokenizer.encode(args.text), top_k=args.top_k)
+    for i, candidates in enumerate(results):
+        print(f"[MASK] #{i + 1}:")
+        for token_id, prob in candidates:
+            print(f"  {tokenizer.decode([token_id])!r:>12}  {prob:.4f}")
+    return 0
+
+
+def cmd_params(args) -> int:
+    from jaxformer import config as config_lib
+    from jaxformer import params as params_lib
+
+    if args.list_presets:
+        print("\n".join(config_lib.PRESETS))
+        return 0
+    cfg = config_lib.load_config(args.preset, _overrides(args))
+    counts = params_lib.count(cfg)
+    if args.json:
+        print(json.dumps(counts))
+    else:
+        params_lib.print_table(counts)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "fill-mask": cmd_fill_mask,
+            "params": cmd_params}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not args.verbose:  # absl/orbax are chatty at INFO
+        logging.getLogger("absl").setLevel(logging.ERROR)
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as err:
+        print(f"jaxformer {args.command}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"jaxformer {args.command}: interrupted.", file=sys.stderr)
+        return 130
+    except FileNotFoundError as err:
+        print(f"jaxformer {args.command}: file not found: {err.filename or err}.", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Run metrics: one JSON object per logged step in `metrics.jsonl`, mirrored to TensorBoard events."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import jax
+import numpy as np
+
+LN2 = math.log(2.0)
+
+
+def summarize(window: list[dict], *, char_level: bool) -> dict:
+    """Mean of the per-step device metrics since the last log (one host transfer for the whole window)."""
+    host = jax.device_get(window)
+    out = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+    out["n_tokens"] = float(sum(m["n_tokens"] for m in host))
+    out.update(derived(out["loss"], char_level=char_level))
+    return out
+
+
+def derived(loss: float, *, char_level: bool) -> dict:
+    out = {"perplexity": math.exp(min(loss, 80.0))}
+    if char_level:  # one token per character (or byte): nats per token -> bits per character
+        out["bpc"] = loss / LN2
+    return out
+
+
+class MetricsWriter:
+    """Appends to `<workdir>/metrics.jsonl` and writes TensorBoard scalars under `<workdir>/tensorboard`."""
+
+    def __init__(self, workdir: str | Path, *, enabled: bool = True):
+        self.enabled = enabled
+        if not enabled:
+            return
+        self.path = Path(workdir) / "metrics.jsonl"
+        self.file = open(self.path, "a")  # noqa: SIM115  (kept open for the run)
+        try:
+            from tensorboardX import SummaryWriter
+            self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+        except ImportError:  # TensorBoard is a convenience; metrics.jsonl is the record
+            self.tb = None
+
+    def write(self, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps({"step": step, **values}) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for key, value in values.items():
+                if isinstance(value, int | float):
+                    self.tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+def read_metrics(workdir: str | Path) -> list[dict]:
+    path = Path(workdir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

@@ -1,0 +1,157 @@
+"""The training loop around `train.train_step`: data, checkpoints, logging, evaluation, resume.
+
+Nothing but dispatch happens per step: the next batch is cut on the host while the device runs the current
+one, metrics stay on device until a log step, and checkpoints are written asynchronously.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxformer import config as config_lib
+from jaxformer import metrics as metrics_lib
+from jaxformer import parallel, rundir, train
+from jaxformer.checkpoint import Checkpointer
+from jaxformer.data.batching import batch_at, eval_batches, global_batch
+from jaxformer.data.pipeline import Corpus, load_corpus
+
+log = logging.getLogger(__name__)
+EVAL_MASK_SEED = 1234  # MLM eval masks are drawn from this fixed seed so eval losses compare across runs
+
+
+@dataclass
+class Run:
+    """Everything a loaded run holds: its config, data, mesh and (sharded) state."""
+
+    cfg: config_lib.Config
+    corpus: Corpus
+    mesh: jax.sharding.Mesh
+    state: train.TrainState
+    shardings: train.TrainState
+
+
+def setup(cfg: config_lib.Config, workdir: str | Path, *, show_progress: bool = True, resume: bool = True) -> Run:
+    """Tokenize (cached), resolve and check the config, build the mesh and state, restore the latest checkpoint."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    corpus = load_corpus(cfg.data, workdir, show_progress=show_progress)
+    cfg = config_lib.resolve(cfg, vocab_size=corpus.vocab_size, n_devices=jax.device_count())
+    rundir.check_resume(workdir, cfg)
+    mesh = parallel.make_mesh(cfg.mesh)
+    state, shardings = train.init_train_state(cfg, mesh)
+    if resume:
+        restored = Checkpointer(workdir, cfg.train.keep_checkpoints).restore_latest(state, shardings)
+        state = restored if restored is not None else state
+    return Run(cfg, corpus, mesh, state, shardings)
+
+
+def make_batch(cfg: config_lib.Config, tokens: np.ndarray, step: int, mesh) -> dict:
+    local = batch_at(tokens, batch_size=cfg.train.batch_size, seq_len=cfg.train.seq_len, seed=cfg.train.seed,
+                     step=step, process_index=jax.process_index(), process_count=jax.process_count(),
+                     packing=cfg.data.packing)
+    return global_batch(local, parallel.batch_sharding(mesh))
+
+
+def evaluate(run: Run, eval_fn=None, *, split: str = "valid", n_batches: int | None = None) -> dict:
+    """Loss, accuracy, perplexity (and bits per character) over fixed batches of a split."""
+    cfg = run.cfg
+    eval_fn = eval_fn or train.compile_eval_step(run.shardings, run.mesh)
+    n_batches = n_batches or cfg.train.eval_batches
+    batches = eval_batches(run.corpus.split(split), batch_size=cfg.train.batch_size, seq_len=cfg.train.seq_len,
+                           n_batches=n_batches, process_index=jax.process_index(),
+                           process_count=jax.process_count(), packing=cfg.data.packing)
+    totals = None
+    for i, local in enumerate(batches):
+        out = eval_fn(run.state, global_batch(local, parallel.batch_sharding(run.mesh)),
+                      jax.random.fold_in(jax.random.key(EVAL_MASK_SEED), i))
+        totals = out if totals is None else jax.tree.map(lambda a, b: a + b, totals, out)
+    totals = {k: float(v) for k, v in jax.device_get(totals).items()}
+    n = max(totals["n_tokens"], 1.0)
+    loss = totals["loss_sum"] / n
+    return {"loss": loss, "accuracy": totals["correct"] / n, "n_tokens": int(totals["n_tokens"]),
+            **metrics_lib.derived(loss, char_level=run.corpus.tokenizer.char_level)}
+
+
+class _StopFlag:
+    """SIGTERM (preemption) or Ctrl-C: finish the current step, save a checkpoint, exit."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # second signal: give up immediately
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def train_loop(cfg: config_lib.Config, workdir: str | Path, *, show_progress: bool = True) -> dict:
+    """Train (or resume) a run in `workdir`; returns the final train and validation metrics."""
+    workdir = Path(workdir)
+    run = setup(cfg, workdir, show_progress=show_progress)
+    cfg = run.cfg
+    is_main = jax.process_index() == 0
+    if is_main:
+        rundir.save_config(workdir, cfg)
+        run.corpus.tokenizer.save(workdir)
+    ckpt = Checkpointer(workdir, cfg.train.keep_checkpoints)
+    writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
+    step_fn = train.compile_train_step(run.shardings, run.mesh)
+    eval_fn = train.compile_eval_step(run.shardings, run.mesh)
+    key = jax.random.key(cfg.train.seed)
+    start, total = int(jax.device_get(run.state.step)), cfg.train.steps
+    tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
+    state, window, last = run.state, [], {}
+    bar = tqdm(total=total, initial=start, desc=f"train {cfg.objective.kind}", disable=not (show_progress and is_main),
+               dynamic_ncols=True)
+    t_window = time.perf_counter()
+    next_batch = make_batch(cfg, run.corpus.train, start, run.mesh) if start < total else None
+    with _StopFlag() as stop:
+        for step in range(start, total):
+            state, metrics = step_fn(state, next_batch, key)
+            if step + 1 < total:  # cut the next batch while the device works on this one
+                next_batch = make_batch(cfg, run.corpus.train, step + 1, run.mesh)
+            window.append(metrics)
+            done = step + 1
+            is_eval = cfg.train.eval_every and done % cfg.train.eval_every == 0
+            if done % cfg.train.log_every == 0 or done == total or is_eval or stop.requested:
+                last = metrics_lib.summarize(window, char_level=run.corpus.tokenizer.char_level)
+                elapsed = time.perf_counter() - t_window
+                last["tokens_per_s"] = len(window) * tokens_per_step / max(elapsed, 1e-9)
+                if is_eval or done == total:
+                    run.state = state
+                    last.update({f"valid_{k}": v for k, v in evaluate(run, eval_fn).items()})
+                writer.write(done, last)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}", refresh=False)
+                window, t_window = [], time.perf_counter()
+            bar.update(1)
+            if done % cfg.train.checkpoint_every == 0 or done == total or stop.requested:
+                ckpt.save(state)
+            if stop.requested:
+                log.warning("stopped at step %d; checkpoint saved, re-run the same command to resume", done)
+                break
+    bar.close()
+    ckpt.close()
+    writer.close()
+    run.state = state
+    return {"step": int(jax.device_get(state.step)), **last, "run": run}
