@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,12 +125,21 @@ def tfds_source(rest: str, *, spec: str, cache_root: Path) -> Source:
     return catalog_source(target, split, spec=spec)
 
 
+# "<target>:<split>" where split is tfds split syntax: train, train[:10%], train+validation[5:]
+_SPLIT_SUFFIX = re.compile(r"^(?P<target>.+?):(?P<split>[A-Za-z_]\w*(\[[^\]]*\])?(\+[A-Za-z_]\w*(\[[^\]]*\])?)*)$")
+
+
 def split_tfds_spec(rest: str) -> tuple[str, str | None]:
     """'lm1b:train' -> ('lm1b', 'train'); 'wikipedia/20230601.en' -> (..., None); './a.txt:train' too."""
-    target, sep, split = rest.rpartition(":")
-    if sep and split and "/" not in split and target:
-        return target, split
+    match = _SPLIT_SUFFIX.match(rest)
+    if match:
+        return match.group("target"), match.group("split")
     return rest, None
+
+
+def split_names(split: str) -> list[str]:
+    """'train+validation[:5%]' -> ['train', 'validation']."""
+    return [part.split("[")[0] for part in split.split("+")]
 
 
 def _looks_like_path(target: str) -> bool:

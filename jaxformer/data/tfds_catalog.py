@@ -34,7 +34,7 @@ from pathlib import Path
 from unittest import mock
 from urllib.parse import urlparse
 
-from jaxformer.data.sources import Source
+from jaxformer.data.sources import Source, split_names
 from jaxformer.errors import UserError
 
 TF_EXTRA = "pip install 'jaxformer[tf]'"
@@ -91,8 +91,9 @@ def _source_from_prepared(prepared: Path, split: str | None, *, spec: str) -> So
     if split is None:
         chosen = [s for s in SPLIT_ORDER if s in splits] + sorted(s for s in splits if s not in SPLIT_ORDER)
     else:
-        if split.split("[")[0] not in splits:
-            raise UserError(f"{spec} has no split '{split.split('[')[0]}': choose one of {', '.join(splits)}.")
+        unknown = [name for name in split_names(split) if name not in splits]
+        if unknown:
+            raise UserError(f"{spec} has no split '{unknown[0]}': choose one of {', '.join(splits)}.")
         chosen = [split]
     field = _text_field(builder, spec)
     info_bytes = (prepared / "dataset_info.json").read_bytes()

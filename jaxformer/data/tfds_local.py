@@ -17,7 +17,7 @@ from pathlib import Path
 import tensorflow_datasets as tfds
 from etils import epath
 
-from jaxformer.data.sources import Source, read_text_file, resolve_text_files
+from jaxformer.data.sources import Source, read_text_file, resolve_text_files, split_names
 from jaxformer.errors import UserError
 
 BUILDER_NAME = "jaxformer_text"
@@ -90,7 +90,7 @@ def local_tfds_source(target: str, split: str | None, *, spec: str, data_dir: Pa
     files = resolve_text_files(target, spec=spec)
     builder = prepare_local(files, data_dir)
     split = split or "train"
-    if split.split("[")[0] not in builder.info.splits:
+    if any(name not in builder.info.splits for name in split_names(split)):
         raise UserError(f"A local TFDS corpus has only the split 'train', not '{split}' (data.source={spec}): "
                         f"drop the ':{split}'.")
     name = f"{BUILDER_NAME}/{builder.builder_config.name}"

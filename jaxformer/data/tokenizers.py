@@ -215,8 +215,9 @@ class SentencePieceTokenizer(Tokenizer):
                 minloglevel=2,
             )
         except RuntimeError as err:
+            reason = str(err).splitlines()[0].rpartition("] ")[2][:160]  # drop the C++ file/assert prefix
             raise UserError(f"SentencePiece could not train a {kind} tokenizer with data.vocab_size={vocab_size} "
-                            f"({str(err).splitlines()[0][:160]}): lower data.vocab_size or use more text.") from None
+                            f"({reason}): choose another data.vocab_size or use more text.") from None
         tok = cls(model.getvalue(), kind)
         ids = [tok._sp.piece_to_id(p) for p in ("[MASK]", "[CLS]", "[SEP]")]
         assert ids == [MASK, CLS, SEP], f"sentencepiece placed the specials at {ids}"
