@@ -70,7 +70,7 @@ def cmd_train(args) -> int:
     from jaxformer import report, trainer
 
     cfg = config_lib.load_config(args.preset, _overrides(args))
-    config_lib.validate(cfg)  # cheap checks before any data is read
+    config_lib.resolve(cfg)  # cheap checks before any data is read
     result = trainer.train_loop(cfg, args.workdir, show_progress=not args.no_progress)
     report.print_training_summary(args.workdir, result, sample_tokens=args.sample_tokens)
     return 0

@@ -124,7 +124,7 @@ def train_loop(cfg: config_lib.Config, workdir: str | Path, *, show_progress: bo
     state, window, last = run.state, [], {}
     bar = tqdm(total=total, initial=start, desc=f"train {cfg.objective.kind}", disable=not (show_progress and is_main),
                dynamic_ncols=True)
-    t_window = time.perf_counter()
+    t_window, n_timed = time.perf_counter(), 0
     next_batch = make_batch(cfg, run.corpus.train, start, run.mesh) if start < total else None
     with _StopFlag() as stop:
         for step in range(start, total):
@@ -133,17 +133,22 @@ def train_loop(cfg: config_lib.Config, workdir: str | Path, *, show_progress: bo
                 next_batch = make_batch(cfg, run.corpus.train, step + 1, run.mesh)
             window.append(metrics)
             done = step + 1
+            n_timed += 1
+            if step == start:  # keep compilation out of the throughput figure (one sync per invocation)
+                jax.block_until_ready(metrics)
+                t_window, n_timed = time.perf_counter(), 0
             is_eval = cfg.train.eval_every and done % cfg.train.eval_every == 0
             if done % cfg.train.log_every == 0 or done == total or is_eval or stop.requested:
                 last = metrics_lib.summarize(window, char_level=run.corpus.tokenizer.char_level)
                 elapsed = time.perf_counter() - t_window
-                last["tokens_per_s"] = len(window) * tokens_per_step / max(elapsed, 1e-9)
+                if n_timed:
+                    last["tokens_per_s"] = n_timed * tokens_per_step / max(elapsed, 1e-9)
                 if is_eval or done == total:
                     run.state = state
                     last.update({f"valid_{k}": v for k, v in evaluate(run, eval_fn).items()})
                 writer.write(done, last)
-                bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}", refresh=False)
-                window, t_window = [], time.perf_counter()
+                bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last.get('tokens_per_s', 0):.0f}", refresh=False)
+                window, t_window, n_timed = [], time.perf_counter(), 0
             bar.update(1)
             if done % cfg.train.checkpoint_every == 0 or done == total or stop.requested:
                 ckpt.save(state)

@@ -27,7 +27,7 @@ def attention_mask(q_pos_BxT: jax.Array, k_pos_BxS: jax.Array, *, causal: bool, 
                    q_seg_BxT: jax.Array | None = None, k_seg_BxS: jax.Array | None = None) -> jax.Array:
     """Boolean [B, 1, T, S] mask from positions: the one definition of causal / window / segment visibility."""
     q, k = q_pos_BxT[:, None, :, None], k_pos_BxS[:, None, None, :]
-    mask = k >= 0
+    mask = jnp.broadcast_to(k >= 0, jnp.broadcast_shapes(q.shape, k.shape))  # [B, 1, T, S] even when bidirectional
     if causal:
         mask &= k <= q
     if window:
