@@ -141,3 +141,16 @@ def test_empty_and_missing_sources_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="too few"):
         (tmp_path / "tiny.txt").write_text("abc")
         pipeline.load_corpus(_cfg(tmp_path, source=f"text:{tmp_path / 'tiny.txt'}"), None, show_progress=False)
+
+
+def test_local_tfds_source_gives_the_same_tokens_as_the_text_source(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(3):
+        (docs / f"{i}.txt").write_text(f"document number {i}\n" * (20 + i))
+    via_text = pipeline.load_corpus(_cfg(tmp_path, source=f"text:{docs}", tokenizer="char"), None,
+                                    show_progress=False)
+    via_tfds = pipeline.load_corpus(_cfg(tmp_path, source=f"tfds:{docs}", tokenizer="char"), None,
+                                    show_progress=False)
+    assert via_tfds.n_documents == 3
+    np.testing.assert_array_equal(via_tfds.tokens, via_text.tokens)
