@@ -171,3 +171,20 @@ def test_catalog_tiny_shakespeare_prepares_offline_from_the_local_file(tmp_path,
     assert list(_open("tfds:tiny_shakespeare:validation", tmp_path).documents()) == [docs[1]]
     with pytest.raises(UserError, match="no split 'dev'"):
         _open("tfds:tiny_shakespeare:dev", tmp_path)
+
+
+def test_prepared_array_record_dataset_is_read_without_preparing(tmp_path, monkeypatch):
+    """A dataset already prepared in TFDS_DATA_DIR is found on disk and read, with no catalog builder (so no
+    TensorFlow): here one prepared by our own builder stands in for a catalog dataset."""
+    from jaxformer.data import tfds_catalog
+    from jaxformer.data.tfds_local import prepare_local
+
+    (tmp_path / "a.txt").write_text("alpha")
+    (tmp_path / "b.txt").write_text("beta")
+    prepare_local([tmp_path / "a.txt", tmp_path / "b.txt"], tmp_path / "tfds")
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    monkeypatch.setattr(tfds_catalog, "prepare_catalog", lambda *a, **k: pytest.fail("tried to prepare"))
+    src = _open("tfds:jaxformer_text", tmp_path)  # the single prepared config is picked, as for a default one
+    assert list(src.documents()) == ["alpha", "beta"] and src.n_documents == 2
+    with pytest.raises(UserError, match="no split 'test'"):
+        _open("tfds:jaxformer_text:test", tmp_path)

@@ -145,7 +145,8 @@ def _token_chunks(source: Source, tok: Tokenizer, stats: dict, show_progress: bo
 
     eos = np.array([EOS], np.int32)
     n_docs = 0
-    with tqdm(total=source.n_documents, desc=f"tokenizing {source.spec} ({tok.kind})", unit="doc",
+    # counted in characters, so that a single large document (tiny shakespeare) still shows progress
+    with tqdm(total=source.n_chars, desc=f"tokenizing {source.spec} ({tok.kind})", unit="char", unit_scale=True,
               disable=not show_progress, leave=False) as bar:
         for doc in source.documents():
             if not doc:
@@ -154,6 +155,6 @@ def _token_chunks(source: Source, tok: Tokenizer, stats: dict, show_progress: bo
                 yield eos
             for piece in _pieces(doc):
                 yield tok.encode(piece)
+                bar.update(len(piece))
             n_docs += 1
-            bar.update(1)
     stats["n_documents"] = n_docs

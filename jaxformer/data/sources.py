@@ -34,7 +34,7 @@ class Source:
     identity: str  # content hash: same identity <=> same documents in the same order
     documents: Callable[[], Iterator[str]]  # a fresh iterator over the documents each call
     n_documents: int | None = None  # when known up front (progress bars)
-    n_chars: int | None = None
+    n_chars: int | None = None  # approximate (file bytes for text files): sizes progress bars only
 
 
 def open_source(spec: str, *, cache_root: Path) -> Source:

@@ -75,12 +75,19 @@ def find_prepared_dir(data_dir: Path, name: str) -> Path | None:
     """Newest prepared version dir of `name` (or `name/config`), found on disk without importing tfds's
     catalog (so reading needs no TensorFlow). With several configs and none named: None (let tfds pick)."""
     base = data_dir / name
-    if not base.is_dir():
+    found = _newest_version(base)
+    if found is None and "/" not in name and base.is_dir():
+        # `imdb_reviews` prepared as its default config `imdb_reviews/plain_text`: take it if it is the only one
+        candidates = [v for v in map(_newest_version, sorted(base.iterdir())) if v is not None]
+        found = candidates[0] if len(candidates) == 1 else None
+    return found
+
+
+def _newest_version(folder: Path) -> Path | None:
+    if not folder.is_dir():
         return None
-    versions = [p for p in base.iterdir() if (p / "dataset_info.json").exists() and _version_key(p.name) != (-1,)]
-    if not versions:
-        return None
-    return max(versions, key=lambda p: _version_key(p.name))
+    versions = [p for p in folder.iterdir() if (p / "dataset_info.json").exists() and _version_key(p.name) != (-1,)]
+    return max(versions, key=lambda p: _version_key(p.name)) if versions else None
 
 
 def _source_from_prepared(prepared: Path, split: str | None, *, spec: str) -> Source:

@@ -75,7 +75,9 @@ class Tokenizer:
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.sha256(self._content()).hexdigest()[:16]
+        if getattr(self, "_fingerprint", None) is None:  # tokenizers are immutable: hash once
+            self._fingerprint = hashlib.sha256(self._content()).hexdigest()[:16]
+        return self._fingerprint
 
     def encode(self, text: str) -> np.ndarray:
         parts = _split_literals(text)
