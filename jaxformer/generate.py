@@ -192,6 +192,8 @@ def generate(graphdef, params, prompts: Sequence[np.ndarray | Sequence[int]], *,
     knobs = (jnp.float32(max(temperature, 1e-30)), jnp.int32(top_k), jnp.float32(top_p))
     first_B, cache = _prefill(graphdef, params, tokens_BxP, positions_BxP, key, *knobs,
                               cache_len=bucket + max_new_tokens, greedy=greedy, filtered=filtered)
+    if max_new_tokens == 1:  # nothing left to decode: skip compiling the loop
+        return _trim(np.asarray(first_B)[:, None], eos_id)
     lengths_B = jnp.asarray([r.size for r in rows], jnp.int32)
     out_BxN = _decode(graphdef, params, cache, first_B, lengths_B, key, *knobs,
                       jnp.int32(-1 if eos_id is None else eos_id), jnp.int32(pad_id),
