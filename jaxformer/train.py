@@ -118,7 +118,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainSta
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss_sum / n_total, "accuracy": stats["correct"] / n_total, "n_tokens": stats["n_tokens"],
-               "grad_norm": optax.global_norm(grads),
+               "grad_norm": optax.tree.norm(grads),
                "lr": lr_schedule(cfg.optimizer, cfg.train.steps)(state.step)}
     if cfg.model.n_experts:
         metrics["moe_aux"] = stats["aux"] / k
