@@ -105,8 +105,12 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def train_loop(cfg: config_lib.Config, workdir: str | Path, *, show_progress: bool = True) -> dict:
-    """Train (or resume) a run in `workdir`; returns the final train and validation metrics."""
+def train_loop(cfg: config_lib.Config, workdir: str | Path, *, show_progress: bool = True,
+               stop_after: int | None = None) -> dict:
+    """Train (or resume) a run in `workdir`; returns the final train and validation metrics.
+
+    `stop_after`: behave as if preempted once that step is done (checkpoint, return), for tests and schedules.
+    """
     workdir = Path(workdir)
     run = setup(cfg, workdir, show_progress=show_progress)
     cfg = run.cfg
@@ -138,7 +142,8 @@ def train_loop(cfg: config_lib.Config, workdir: str | Path, *, show_progress: bo
                 jax.block_until_ready(metrics)
                 t_window, n_timed = time.perf_counter(), 0
             is_eval = cfg.train.eval_every and done % cfg.train.eval_every == 0
-            if done % cfg.train.log_every == 0 or done == total or is_eval or stop.requested:
+            stopping = stop.requested or done == stop_after
+            if done % cfg.train.log_every == 0 or done == total or is_eval or stopping:
                 last = metrics_lib.summarize(window, char_level=run.corpus.tokenizer.char_level)
                 elapsed = time.perf_counter() - t_window
                 if n_timed:
@@ -150,10 +155,11 @@ def train_loop(cfg: config_lib.Config, workdir: str | Path, *, show_progress: bo
                 bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last.get('tokens_per_s', 0):.0f}", refresh=False)
                 window, t_window, n_timed = [], time.perf_counter(), 0
             bar.update(1)
-            if done % cfg.train.checkpoint_every == 0 or done == total or stop.requested:
+            if done % cfg.train.checkpoint_every == 0 or done == total or stopping:
                 ckpt.save(state)
-            if stop.requested:
-                log.warning("stopped at step %d; checkpoint saved, re-run the same command to resume", done)
+            if stopping:
+                if stop.requested:
+                    log.warning("stopped at step %d; checkpoint saved, re-run the same command to resume", done)
                 break
     bar.close()
     ckpt.close()
