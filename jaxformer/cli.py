@@ -66,11 +66,13 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
+    import jax
+
     from jaxformer import config as config_lib
     from jaxformer import report, trainer
 
     cfg = config_lib.load_config(args.preset, _overrides(args))
-    config_lib.resolve(cfg)  # cheap checks before any data is read
+    config_lib.resolve(cfg, n_devices=jax.device_count())  # every check that needs no data, before any is read
     result = trainer.train_loop(cfg, args.workdir, show_progress=not args.no_progress)
     report.print_training_summary(args.workdir, result, sample_tokens=args.sample_tokens)
     return 0

@@ -1,0 +1,44 @@
+# jaxformer: common tasks. `make help` lists them.
+PY ?= python3
+WORKDIR ?= runs
+STEPS ?=
+
+.PHONY: help install install-test test test-fast lint train train-encoder shakespeare params bench clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+install:  ## install jaxformer (runtime only)
+	$(PY) -m pip install -e .
+
+install-test:  ## install jaxformer with the test, Hugging Face and TensorFlow extras
+	$(PY) -m pip install -e ".[dev,hf,tf]"
+
+test: install-test  ## install and run the whole test suite (what CI runs)
+	$(PY) -m pytest -q
+
+test-fast:  ## tests without the slow end-to-end ones
+	$(PY) -m pytest -q -m "not slow"
+
+lint:  ## ruff + duplicate check
+	ruff check jaxformer tests benchmarks experiments
+	-command -v duplicates >/dev/null && duplicates
+
+train:  ## the README's main job: the default decoder on the built-in offline corpus
+	jaxformer train --preset decoder-tiny --workdir $(WORKDIR)/decoder-tiny
+
+train-encoder:  ## the same data and step, as a masked-LM encoder
+	jaxformer train --preset encoder-tiny --workdir $(WORKDIR)/encoder-tiny
+
+shakespeare:  ## nanoGPT's CPU shakespeare_char "baby" run (needs ../shared/data)
+	jaxformer train --preset shakespeare-char-cpu --workdir $(WORKDIR)/shakespeare-char-cpu
+
+params:  ## parameter counts of the named presets
+	for p in decoder-tiny encoder-tiny gpt2-small bert-base gpt3-175b; do echo "== $$p"; jaxformer params --preset $$p; done
+
+bench:  ## benchmarks, writing JSON under bench/
+	$(PY) benchmarks/bench_input.py --out bench/input.json
+	$(PY) benchmarks/bench_decode.py --out bench/decode.json
+
+clean:
+	rm -rf $(WORKDIR) bench .pytest_cache

@@ -1,0 +1,92 @@
+"""The command line: the DESIGN.md contract (commands, keys, JSON fields) and exit codes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxformer.cli import main
+
+TINY = ["model.n_layer=2", "model.d_model=32", "model.n_heads=2", "train.seq_len=32", "train.batch_size=8",
+        "train.log_every=5", "train.eval_every=10", "train.eval_batches=2", "train.checkpoint_every=10"]
+
+
+def test_bad_key_exits_2_with_suggestion(tmp_path, capsys):
+    assert main(["train", "--workdir", str(tmp_path / "w"), "--set", "model.n_kv_head=2"]) == 2
+    err = capsys.readouterr().err
+    assert "model.n_kv_head" in err and "model.n_kv_heads" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "w").exists()  # nothing written for a bad command
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("train.steps=abc", "expected an integer"),
+    ("model.n_heads=3", "does not divide model.d_model"),
+    ("model.n_kv_heads=3", "does not divide model.n_heads"),
+    ("model.positions=alibi", "choose one of"),
+    ("mesh.data=3", "does not match"),
+])
+def test_bad_value_exits_2(tmp_path, capsys, override, fragment):
+    assert main(["train", "--workdir", str(tmp_path / "w"), "--set", override, "train.steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_preset_and_missing_run(tmp_path, capsys):
+    assert main(["train", "--preset", "decoder-tiyn", "--workdir", str(tmp_path)]) == 2
+    assert "decoder-tiny" in capsys.readouterr().err
+    assert main(["eval", "--workdir", str(tmp_path / "nothing")]) == 2
+    assert main(["train", "--workdir", str(tmp_path / "w"), "--set", "data.source=text:/no/such/file.txt"]) == 2
+
+
+def test_params_json_total_matches_gpt2_small(capsys):
+    assert main(["params", "--preset", "gpt2-small", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["total"] == 124_439_808  # published GPT-2 small count (tied embeddings, 1024 positions)
+
+
+@pytest.mark.slow
+def test_decoder_train_resume_eval_sample(tmp_path, capsys):
+    work = str(tmp_path / "dec")
+    assert main(["train", "--workdir", work, "--no-progress", "--sample-tokens", "20", "--set", *TINY,
+                 "train.steps=10"]) == 0
+    assert main(["train", "--workdir", work, "--no-progress", "--sample-tokens", "0", "--set", *TINY,
+                 "train.steps=20"]) == 0  # resumes at 10
+    lines = [json.loads(line) for line in open(os.path.join(work, "metrics.jsonl"))]
+    assert [m["step"] for m in lines] == [5, 10, 15, 20]
+    assert all("loss" in m for m in lines) and "valid_loss" in lines[-1] and "bpc" in lines[-1]
+    assert lines[-1]["loss"] < lines[0]["loss"]
+    assert sorted(os.listdir(os.path.join(work, "checkpoints"))) == ["10", "20"]
+    for name in ("config.json", "samples.txt", "tokenizer", "tensorboard"):
+        assert os.path.exists(os.path.join(work, name)), name
+    capsys.readouterr()
+    assert main(["eval", "--workdir", work]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["step"] == 20 and isinstance(result["loss"], float)
+    assert main(["sample", "--workdir", work, "--prompt", "The ", "--max-new-tokens", "12", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.startswith("The ")
+    assert main(["fill-mask", "--workdir", work, "a [MASK] b"]) == 2  # a decoder has no MLM head
+    assert main(["sample", "--workdir", work, "--prompt", "x" * 40]) == 2  # longer than the context
+
+
+@pytest.mark.slow
+def test_encoder_train_and_fill_mask(tmp_path, capsys):
+    work = str(tmp_path / "enc")
+    assert main(["train", "--preset", "encoder-tiny", "--workdir", work, "--no-progress", "--set", *TINY,
+                 "train.steps=10"]) == 0
+    capsys.readouterr()
+    assert main(["fill-mask", "--workdir", work, "def [MASK]():", "--top-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("[MASK] #") == 1 and len(out.strip().splitlines()) == 4
+    assert main(["fill-mask", "--workdir", work, "no mask here"]) == 2
+    assert main(["sample", "--workdir", work, "--prompt", "x"]) == 2
+
+
+def test_console_script_help_runs():
+    """The installed entry point answers --help for every command (a fresh process, no XLA flags needed)."""
+    for command in ("train", "eval", "sample", "fill-mask", "params"):
+        result = subprocess.run([sys.executable, "-m", "jaxformer.cli", command, "--help"], capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 0 and "usage:" in result.stdout, result.stderr
