@@ -42,3 +42,7 @@ bench:  ## benchmarks, writing JSON under bench/
 
 clean:
 	rm -rf $(WORKDIR) bench .pytest_cache
+
+ABLATION_STEPS ?= 300
+ablate-%:  ## run an ablation grid (positions, norms, attention, mlp, moe, mask-rate, objective)
+	$(PY) -m experiments.ablations $* --steps $(ABLATION_STEPS) --out $(WORKDIR)/ablations
