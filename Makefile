@@ -46,3 +46,6 @@ clean:
 ABLATION_STEPS ?= 300
 ablate-%:  ## run an ablation grid (positions, norms, attention, mlp, moe, mask-rate, objective)
 	$(PY) -m experiments.ablations $* --steps $(ABLATION_STEPS) --out $(WORKDIR)/ablations
+
+notebooks:  ## execute the jupytext notebooks into .ipynb (needs the dev extra: jupytext, nbclient, ipykernel)
+	cd notebooks && jupytext --to ipynb --execute encoder_vs_decoder.py
