@@ -7,7 +7,8 @@ step through the cache. Compiled shapes depend only on (batch, bucket, max_new_t
 mode (greedy / plain sampling / filtered sampling); temperature, k, p, seed and EOS are traced values.
 
 `generate_uncached` is the slow reference: it re-runs the full forward over the growing sequence every step.
-Both draw step i's sample with `fold_in(PRNGKey(seed), i)`, so with the same seed they agree token for token.
+Both draw step i's sample with `fold_in(PRNGKey(seed), i)`, so with the same seed they agree token for token
+(up to float noise deciding a near-tie).
 """
 
 from __future__ import annotations
