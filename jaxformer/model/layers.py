@@ -25,10 +25,20 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
+def gelu_tanh(x: jax.Array) -> jax.Array:
+    return jax.nn.gelu(x, approximate=True)
+
+
+def gelu_exact(x: jax.Array) -> jax.Array:
+    return jax.nn.gelu(x, approximate=False)
+
+
 def activation(name: str, approximate: bool):
+    """Module-level functions (not lambdas), so two models built from one config have equal graphdefs and
+    share compiled functions that take the graphdef as a static argument."""
     if name == "swiglu":
         return jax.nn.silu
-    return lambda x: jax.nn.gelu(x, approximate=approximate)
+    return gelu_tanh if approximate else gelu_exact
 
 
 class Linear(nnx.Module):
