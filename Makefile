@@ -39,6 +39,7 @@ params:  ## parameter counts of the named presets
 bench:  ## benchmarks, writing JSON under bench/
 	$(PY) benchmarks/bench_input.py --out bench/input.json
 	$(PY) benchmarks/bench_decode.py --out bench/decode.json
+	$(PY) benchmarks/bench_train.py --out bench/results.json
 
 clean:
 	rm -rf $(WORKDIR) bench .pytest_cache

@@ -62,6 +62,12 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--list-presets", action="store_true")
+
+    from jaxformer import bench  # stdlib-only at import time: the parser stays fast
+
+    p = sub.add_parser("bench", help="training tokens/s, compile time, peak memory and MFU per objective and "
+                                     "config (+ PyTorch peers); writes JSON (default bench/results.json)")
+    bench.add_arguments(p)
     return parser
 
 
@@ -145,8 +151,14 @@ def cmd_params(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from jaxformer import bench
+
+    return bench.run(args)
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "fill-mask": cmd_fill_mask,
-            "params": cmd_params}
+            "params": cmd_params, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
