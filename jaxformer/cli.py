@@ -58,6 +58,16 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", help="text holding one or more [MASK]")
     p.add_argument("--top-k", type=int, default=5)
 
+    p = sub.add_parser("finetune", help="fine-tune a pretrained run (encoder or decoder) for sequence "
+                                        "classification into a new run directory --out")
+    p.add_argument("--workdir", required=True, help="the pretrained run (its config, tokenizer, newest checkpoint)")
+    p.add_argument("--task", required=True, help="sst2, rt-polarity, or a .tsv/.jsonl file of text and label")
+    p.add_argument("--set", dest="overrides", action="append", default=[], nargs="+", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set objective.pooling=mean objective.linear_probe=true "
+                        "train.steps=300 (repeatable)")
+    p.add_argument("--out", required=True, help="the fine-tuning run directory; re-running on it resumes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     p = sub.add_parser("params", help="parameter and FLOP counts of a config (no allocation)")
     _add_config_args(p)
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -135,6 +145,15 @@ def cmd_fill_mask(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    from jaxformer import finetune
+
+    result = finetune.finetune(args.workdir, args.task, args.out, _overrides(args),
+                               show_progress=not args.no_progress)
+    finetune.print_summary(args.out, result)
+    return 0
+
+
 def cmd_params(args) -> int:
     from jaxformer import config as config_lib
     from jaxformer import params as params_lib
@@ -158,7 +177,7 @@ def cmd_bench(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "fill-mask": cmd_fill_mask,
-            "params": cmd_params, "bench": cmd_bench}
+            "finetune": cmd_finetune, "params": cmd_params, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,10 +54,18 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    kind: str = "clm"  # clm (decoder, causal) | mlm (encoder, bidirectional)
+    kind: str = "clm"  # clm (decoder, causal) | mlm (encoder, bidirectional) | classify (fine-tuning)
     mask_rate: float = 0.15
     mask_token_frac: float = 0.8  # of the selected positions: replaced by [MASK]
     random_token_frac: float = 0.1  # replaced by a random token; the rest keep their token
+    # Sequence classification (`jaxformer finetune`), ignored by clm/mlm. Set by finetune from the pretrained run
+    # and the task; they live here because they change the step, the parameters (the head) and the optimizer
+    # state, so a run must resume with the same values (rundir checks the objective section).
+    task: str = ""  # sst2 | rt-polarity | path to a .tsv/.jsonl (recorded for the run directory)
+    n_classes: int = 0  # classifier outputs; finetune takes it from the task's labels
+    causal: bool = False  # attention of the backbone: True for a decoder (CLM) backbone
+    pooling: str = ""  # cls | last | mean; empty: cls for an encoder backbone, last for a decoder
+    linear_probe: bool = False  # train only the classifier head; the backbone stays bit-identical
 
 
 @dataclass(frozen=True)
@@ -255,7 +263,10 @@ def resolve(cfg: Config, *, vocab_size: int | None = None, n_devices: int | None
     if n_devices is not None and mesh.data == -1:
         others = mesh.fsdp * mesh.tensor * mesh.expert
         mesh = replace(mesh, data=max(n_devices // others, 1) if others > 0 else 1)
-    cfg = replace(cfg, model=m, mesh=mesh)
+    o = cfg.objective
+    if o.kind == "classify" and not o.pooling:
+        o = replace(o, pooling="last" if o.causal else "cls")
+    cfg = replace(cfg, model=m, objective=o, mesh=mesh)
     validate(cfg, n_devices=n_devices)
     return cfg
 
@@ -272,7 +283,7 @@ def validate(cfg: Config, n_devices: int | None = None) -> None:
                "model.positions": (m.positions, ("learned", "sinusoidal", "rope")),
                "model.dtype": (m.dtype, ("float32", "bfloat16")),
                "model.param_dtype": (m.param_dtype, ("float32", "bfloat16")),
-               "objective.kind": (o.kind, ("clm", "mlm")),
+               "objective.kind": (o.kind, ("clm", "mlm", "classify")),
                "data.tokenizer": (d.tokenizer, ("char", "byte", "bpe", "unigram"))}
     for key, (value, allowed) in choices.items():
         _check(value in allowed, f"Bad value '{value}' for {key}: choose one of {', '.join(allowed)}.")
@@ -302,6 +313,16 @@ def validate(cfg: Config, n_devices: int | None = None) -> None:
     _check(0.0 < o.mask_rate < 1.0, f"Bad value {o.mask_rate} for objective.mask_rate: it must be in (0, 1).")
     _check(o.mask_token_frac >= 0 and o.random_token_frac >= 0 and o.mask_token_frac + o.random_token_frac <= 1,
            "objective.mask_token_frac + objective.random_token_frac must be within [0, 1].")
+    if o.kind == "classify":
+        _check(o.n_classes >= 2, f"Bad value {o.n_classes} for objective.n_classes: a classifier needs at least 2 "
+                                 f"classes.")
+        _check(o.pooling in ("", "cls", "last", "mean"),
+               f"Bad value '{o.pooling}' for objective.pooling: choose one of cls, last, mean.")
+        _check(not (o.pooling == "cls" and o.causal),
+               "objective.pooling=cls needs a bidirectional (encoder) backbone: under causal attention the first "
+               "token sees nothing else; use last or mean.")
+    else:
+        _check(not o.linear_probe, "objective.linear_probe applies to fine-tuning only (objective.kind=classify).")
     _check(0.0 < d.valid_fraction < 1.0, f"Bad value {d.valid_fraction} for data.valid_fraction: use (0, 1).")
     _check(opt.lr > 0, f"Bad value {opt.lr} for optimizer.lr: it must be positive.")
     _check(opt.warmup_steps >= 0, "optimizer.warmup_steps must be >= 0.")

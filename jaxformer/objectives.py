@@ -1,10 +1,13 @@
-"""The two pretraining objectives as data: `prepare` turns a batch of token windows into model inputs,
-targets and loss weights; `loss_sums` runs the model and returns summed loss terms.
+"""The objectives as data: `prepare` turns a batch into model inputs, targets and loss weights; `loss_sums`
+runs the model and returns summed loss terms.
 
 CLM (decoder): predict token t+1 from tokens <= t, every real position carries loss, causal attention.
 MLM (encoder): mask `mask_rate` of the ordinary tokens (80% [MASK] / 10% random / 10% kept, configurable),
 drawn on device from the step's RNG (dynamic masking, RoBERTa style), loss on masked positions only,
 bidirectional attention. Both share the batcher, the model and the train step.
+Classify (fine-tuning, see finetune.py): one label per sequence from the classifier head on a pooled hidden
+state ([CLS], last real token or mean of the real tokens), causal or not as the pretrained backbone was; it
+shares the model and the train step, with its own batches {"tokens": [B, T], "labels": [B]}.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from jaxformer.data.tokenizers import MASK, N_SPECIAL, PAD
 
 
 def is_causal(objective: ObjectiveConfig) -> bool:
-    return objective.kind == "clm"
+    return objective.causal if objective.kind == "classify" else objective.kind == "clm"
 
 
 def n_mask_slots(objective: ObjectiveConfig, seq_len: int) -> int:
@@ -55,9 +58,38 @@ def mask_tokens(tokens_BxT: jax.Array, rng: jax.Array, objective: ObjectiveConfi
             "weights": chosen_BxM.astype(jnp.float32)}
 
 
+def pool_weights(tokens_BxT: jax.Array, pooling: str) -> jax.Array:
+    """[B, T] float32 weights, each row summing to 1, that pool hidden states over the sequence: `cls` picks
+    position 0, `last` the last real (non-PAD) token, `mean` averages the real tokens (specials included).
+    Sequences are right-padded with PAD."""
+    real_BxT = tokens_BxT != PAD
+    if pooling == "mean":
+        return real_BxT / jnp.maximum(real_BxT.sum(-1, keepdims=True), 1)
+    t = tokens_BxT.shape[1]
+    index_B = jnp.zeros(tokens_BxT.shape[0], jnp.int32) if pooling == "cls" else \
+        jnp.maximum(real_BxT.sum(-1) - 1, 0)
+    return (jnp.arange(t)[None, :] == index_B[:, None]).astype(jnp.float32)
+
+
+def pool(hidden_BxTxD: jax.Array, weights_BxT: jax.Array) -> jax.Array:
+    """Weighted sum over positions in float32 (exact for the one-hot cls/last weights); positions of weight 0
+    contribute nothing, not even a NaN."""
+    w_BxTx1 = weights_BxT[..., None]
+    return jnp.sum(jnp.where(w_BxTx1 > 0, hidden_BxTxD.astype(jnp.float32) * w_BxTx1, 0.0), axis=1)
+
+
 def prepare(batch: dict, rng: jax.Array, objective: ObjectiveConfig, vocab_size: int) -> dict:
-    """Batch windows `tokens` [B, T+1] (+ optional packing `segment_ids`, `positions`) -> model inputs/targets."""
+    """Batch windows `tokens` [B, T+1] (+ optional packing `segment_ids`, `positions`) -> model inputs/targets.
+
+    Classification batches are `tokens` [B, T] (right-padded with PAD) and `labels` [B]; a label < 0 marks a
+    padding row (weight 0), which keeps the last evaluation batch full-sized. Real tokens are segment 1 and PAD
+    segment 0, so no real token attends to padding (the result does not depend on how much padding there is)."""
     tokens = batch["tokens"]
+    if objective.kind == "classify":
+        labels = batch["labels"]
+        return {"inputs": tokens, "segment_ids": (tokens != PAD).astype(jnp.int32),
+                "targets": jnp.maximum(labels, 0), "weights": (labels >= 0).astype(jnp.float32),
+                "pool_weights": pool_weights(tokens, objective.pooling)}
     if objective.kind == "clm":
         ex = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
         weights = tokens[:, 1:] != PAD
@@ -77,7 +109,9 @@ def loss_sums(model, ex: dict, *, causal: bool, rng: jax.Array | None) -> tuple[
     """Summed cross-entropy over weighted positions, plus sums for accuracy and the MoE auxiliary loss."""
     hidden_BxTxD, aux, _ = model(ex["inputs"], causal=causal, positions_BxT=ex.get("positions"),
                                  segment_ids_BxT=ex.get("segment_ids"), rng=rng)
-    if "mask_positions" in ex:  # project only the masked positions: [B, M, D] -> [B, M, V]
+    if "pool_weights" in ex:  # classification: one prediction per sequence, [B, D] -> [B, C]
+        logits = model.classify(pool(hidden_BxTxD, ex["pool_weights"]))
+    elif "mask_positions" in ex:  # project only the masked positions: [B, M, D] -> [B, M, V]
         h = jnp.take_along_axis(hidden_BxTxD, ex["mask_positions"][..., None], axis=1)
         logits = model.mlm_logits(h)
     else:

@@ -1,7 +1,8 @@
 """TrainState and THE train step: one pure `(state, batch, rng) -> (state, metrics)` for encoders and decoders.
 
-The objective (CLM or MLM) is a static config value carried by the state, so both families compile the same
-Python function `train_step`; `compile_train_step` wraps it in `jax.jit` with explicit shardings and donation.
+The objective (CLM, MLM or classification fine-tuning) is a static config value carried by the state, so every
+family compiles the same Python function `train_step`; `compile_train_step` wraps it in `jax.jit` with explicit
+shardings and donation.
 """
 
 from __future__ import annotations
@@ -48,7 +49,34 @@ def make_optimizer(cfg: Config) -> optax.GradientTransformation:
 
     adamw = optax.adamw(lr_schedule(opt, cfg.train.steps), b1=opt.b1, b2=opt.b2, eps=opt.eps,
                         weight_decay=opt.weight_decay, mask=decay_mask)
-    return optax.chain(optax.clip_by_global_norm(opt.grad_clip), adamw) if opt.grad_clip > 0 else adamw
+    tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip), adamw) if opt.grad_clip > 0 else adamw
+    return _head_only(tx) if cfg.objective.linear_probe else tx
+
+
+HEAD = "classifier"  # the Transformer attribute holding the classification head
+
+
+def _head_only(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """Linear probe: `tx` (clipping, AdamW, weight decay) on the head's parameters only; every other parameter
+    gets an exactly-zero update and has no optimizer state. (optax.multi_transform would leave MaskedNode
+    placeholders in the state, which the sharding rules and checkpoints do not expect.)"""
+    def init(params):
+        return tx.init(params[HEAD])
+
+    def update(updates, state, params=None):
+        head, state = tx.update(updates[HEAD], state, None if params is None else params[HEAD])
+        updates = jax.tree.map(jnp.zeros_like, updates)
+        updates[HEAD] = head
+        return updates, state
+
+    return optax.GradientTransformation(init, update)
+
+
+def _stop_backbone(params) -> Any:
+    """Linear probe: stop_gradient on everything but the head, so no backbone gradient is even computed."""
+    def one(path, p):
+        return p if getattr(path[0], "key", None) == HEAD else jax.lax.stop_gradient(p)
+    return jax.tree_util.tree_map_with_path(one, params)
 
 
 def _init(cfg: Config, graphdef, tx) -> TrainState:
@@ -96,6 +124,8 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainSta
     aux_weight = cfg.model.moe_aux_weight if cfg.model.n_experts else 0.0
 
     def loss_fn(params, micro, micro_rng):
+        if cfg.objective.linear_probe:
+            params = _stop_backbone(params)
         model = nnx.merge(state.graphdef, params)
         rng_ = micro_rng if cfg.model.dropout > 0 else None
         loss_sum, stats = objectives.loss_sums(model, micro, causal=causal, rng=rng_)
@@ -134,13 +164,14 @@ def eval_step(state: TrainState, batch: dict, rng: jax.Array) -> dict:
 
 
 def compile_train_step(shardings: TrainState, mesh: Mesh):
-    """`train_step` under jit with explicit shardings: state in place (donated), batch over the batch axes."""
-    batch_sh = parallel.batch_sharding(mesh)
+    """`train_step` under jit with explicit shardings: state in place (donated), batch over the batch axes
+    (the leading dim of every batch array, [B, T] windows and [B] classification labels alike)."""
+    batch_sh = parallel.batch_sharding(mesh, ndim=1)
     return jax.jit(train_step, in_shardings=(shardings, batch_sh, parallel.replicated(mesh)),
                    out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
 
 
 def compile_eval_step(shardings: TrainState, mesh: Mesh):
-    batch_sh = parallel.batch_sharding(mesh)
+    batch_sh = parallel.batch_sharding(mesh, ndim=1)
     return jax.jit(eval_step, in_shardings=(shardings, batch_sh, parallel.replicated(mesh)),
                    out_shardings=parallel.replicated(mesh))

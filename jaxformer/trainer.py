@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jax
@@ -29,10 +30,11 @@ EVAL_MASK_SEED = 1234  # MLM eval masks are drawn from this fixed seed so eval l
 
 @dataclass
 class Run:
-    """Everything a loaded run holds: its config, data, mesh and (sharded) state."""
+    """Everything a loaded run holds: its config, data, mesh and (sharded) state (fine-tuning runs have no
+    pretraining corpus)."""
 
     cfg: config_lib.Config
-    corpus: Corpus
+    corpus: Corpus | None
     mesh: jax.sharding.Mesh
     state: train.TrainState
     shardings: train.TrainState
@@ -44,6 +46,12 @@ def setup(cfg: config_lib.Config, workdir: str | Path, *, show_progress: bool = 
     workdir.mkdir(parents=True, exist_ok=True)
     corpus = load_corpus(cfg.data, workdir, show_progress=show_progress)
     cfg = config_lib.resolve(cfg, vocab_size=corpus.vocab_size, n_devices=jax.device_count())
+    return init_run(cfg, workdir, corpus, resume=resume)
+
+
+def init_run(cfg: config_lib.Config, workdir: Path, corpus: Corpus | None = None, *, resume: bool = True) -> Run:
+    """For a resolved config: check it against the run directory's, build the mesh and the state, restore the
+    latest checkpoint (the state stays at step 0 when there is none)."""
     rundir.check_resume(workdir, cfg)
     mesh = parallel.make_mesh(cfg.mesh)
     state, shardings = train.init_train_state(cfg, mesh)
@@ -68,16 +76,21 @@ def evaluate(run: Run, eval_fn=None, *, split: str = "valid", n_batches: int | N
     batches = eval_batches(run.corpus.split(split), batch_size=cfg.train.batch_size, seq_len=cfg.train.seq_len,
                            n_batches=n_batches, process_index=jax.process_index(),
                            process_count=jax.process_count(), packing=cfg.data.packing)
-    totals = None
-    for i, local in enumerate(batches):
-        out = eval_fn(run.state, global_batch(local, parallel.batch_sharding(run.mesh)),
-                      jax.random.fold_in(jax.random.key(EVAL_MASK_SEED), i))
-        totals = out if totals is None else jax.tree.map(lambda a, b: a + b, totals, out)
-    totals = {k: float(v) for k, v in jax.device_get(totals).items()}
+    totals = eval_totals(run, batches, eval_fn)
     n = max(totals["n_tokens"], 1.0)
     loss = totals["loss_sum"] / n
     return {"loss": loss, "accuracy": totals["correct"] / n, "n_tokens": int(totals["n_tokens"]),
             **metrics_lib.derived(loss, char_level=run.corpus.tokenizer.char_level)}
+
+
+def eval_totals(run: Run, local_batches, eval_fn) -> dict[str, float]:
+    """`eval_step`'s sums over fixed batches (this process's rows of each), as host floats."""
+    totals = None
+    for i, local in enumerate(local_batches):
+        out = eval_fn(run.state, global_batch(local, parallel.batch_sharding(run.mesh, ndim=1)),
+                      jax.random.fold_in(jax.random.key(EVAL_MASK_SEED), i))
+        totals = out if totals is None else jax.tree.map(lambda a, b: a + b, totals, out)
+    return {k: float(v) for k, v in jax.device_get(totals).items()}
 
 
 class _StopFlag:
@@ -113,15 +126,29 @@ def train_loop(cfg: config_lib.Config, workdir: str | Path, *, show_progress: bo
     """
     workdir = Path(workdir)
     run = setup(cfg, workdir, show_progress=show_progress)
+    if jax.process_index() == 0:
+        rundir.save_config(workdir, run.cfg)
+        run.corpus.tokenizer.save(workdir)
+    eval_fn = train.compile_eval_step(run.shardings, run.mesh)
+    return fit(run, workdir, batch_at=lambda step: make_batch(run.cfg, run.corpus.train, step, run.mesh),
+               evaluate_state=lambda state: evaluate(replace(run, state=state), eval_fn),
+               char_level=run.corpus.tokenizer.char_level, show_progress=show_progress, stop_after=stop_after)
+
+
+def fit(run: Run, workdir: str | Path, *, batch_at: Callable[[int], dict],
+        evaluate_state: Callable[[train.TrainState], dict], char_level: bool, show_progress: bool = True,
+        stop_after: int | None = None) -> dict:
+    """THE loop, for every objective (pretraining and fine-tuning): `train.train_step` from `run.state` to
+    `train.steps`, with logging to metrics.jsonl, `evaluate_state(state)` (logged with a valid_ prefix) every
+    train.eval_every steps and at the end, checkpoints, and a clean stop on SIGTERM / Ctrl-C. `batch_at(step)`
+    gives the global batch of a step from the step alone, so a resumed run sees the same data as an
+    uninterrupted one. The caller has written the run directory's config and tokenizer."""
+    workdir = Path(workdir)
     cfg = run.cfg
     is_main = jax.process_index() == 0
-    if is_main:
-        rundir.save_config(workdir, cfg)
-        run.corpus.tokenizer.save(workdir)
     ckpt = Checkpointer(workdir, cfg.train.keep_checkpoints)
     writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
     step_fn = train.compile_train_step(run.shardings, run.mesh)
-    eval_fn = train.compile_eval_step(run.shardings, run.mesh)
     key = jax.random.key(cfg.train.seed)
     start, total = int(jax.device_get(run.state.step)), cfg.train.steps
     tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
@@ -129,12 +156,12 @@ def train_loop(cfg: config_lib.Config, workdir: str | Path, *, show_progress: bo
     bar = tqdm(total=total, initial=start, desc=f"train {cfg.objective.kind}", disable=not (show_progress and is_main),
                dynamic_ncols=True)
     t_window, n_timed = time.perf_counter(), 0
-    next_batch = make_batch(cfg, run.corpus.train, start, run.mesh) if start < total else None
+    next_batch = batch_at(start) if start < total else None
     with _StopFlag() as stop:
         for step in range(start, total):
             state, metrics = step_fn(state, next_batch, key)
             if step + 1 < total:  # cut the next batch while the device works on this one
-                next_batch = make_batch(cfg, run.corpus.train, step + 1, run.mesh)
+                next_batch = batch_at(step + 1)
             window.append(metrics)
             done = step + 1
             n_timed += 1
@@ -144,13 +171,12 @@ def train_loop(cfg: config_lib.Config, workdir: str | Path, *, show_progress: bo
             is_eval = cfg.train.eval_every and done % cfg.train.eval_every == 0
             stopping = stop.requested or done == stop_after
             if done % cfg.train.log_every == 0 or done == total or is_eval or stopping:
-                last = metrics_lib.summarize(window, char_level=run.corpus.tokenizer.char_level)
+                last = metrics_lib.summarize(window, char_level=char_level)
                 elapsed = time.perf_counter() - t_window
                 if n_timed:
                     last["tokens_per_s"] = n_timed * tokens_per_step / max(elapsed, 1e-9)
                 if is_eval or done == total:
-                    run.state = state
-                    last.update({f"valid_{k}": v for k, v in evaluate(run, eval_fn).items()})
+                    last.update({f"valid_{k}": v for k, v in evaluate_state(state).items()})
                 writer.write(done, last)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last.get('tokens_per_s', 0):.0f}", refresh=False)
                 window, t_window, n_timed = [], time.perf_counter(), 0

@@ -55,7 +55,7 @@ class Block(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, mlm_head: bool = False, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, mlm_head: bool = False, n_classes: int = 0, rngs: nnx.Rngs):
         param_dtype, self.dtype = dtypes(cfg)
         self.cfg = cfg
         normal = jax.nn.initializers.normal(cfg.init_std)
@@ -75,6 +75,10 @@ class Transformer(nnx.Module):
             self.mlm_bias = nnx.Param(jnp.zeros((cfg.vocab_size,), param_dtype), axes=("vocab",))
         else:
             self.mlm_transform = self.mlm_norm = self.mlm_bias = None
+        # Sequence classification (fine-tuning): pooled hidden state [B, D] -> class logits [B, n_classes].
+        # Created last, so the other parameters draw the same initial values with or without it.
+        self.classifier = Linear("...d,dc->...c", (cfg.d_model, n_classes), ("embed", None), bias_shape=(n_classes,),
+                                 bias_axes=(None,), cfg=cfg, rngs=rngs) if n_classes else None
 
     def __call__(self, tokens_BxT: jax.Array, *, causal: bool, positions_BxT: jax.Array | None = None,
                  segment_ids_BxT: jax.Array | None = None, rng: jax.Array | None = None,
@@ -124,10 +128,16 @@ class Transformer(nnx.Module):
         h = activation("gelu", self.cfg.gelu_approximate)(self.mlm_transform(h_xD))
         return self.logits(self.mlm_norm(h)) + self.mlm_bias[...].astype(self.dtype)
 
+    def classify(self, pooled_BxD: jax.Array) -> jax.Array:
+        """The classifier head on pooled [B, D] hidden states -> [B, n_classes] logits."""
+        return self.classifier(pooled_BxD)
+
     def init_cache(self, batch: int, length: int | None = None) -> list[KVCache]:
         return [init_cache(self.cfg, batch, length or self.cfg.max_seq_len) for _ in range(self.cfg.n_layer)]
 
 
 def build_model(cfg: Config, seed: int = 0) -> Transformer:
     """The model for a resolved config (vocab and head counts filled in by `config.resolve`)."""
-    return Transformer(cfg.model, mlm_head=cfg.objective.kind == "mlm", rngs=nnx.Rngs(seed))
+    o = cfg.objective
+    return Transformer(cfg.model, mlm_head=o.kind == "mlm", n_classes=o.n_classes if o.kind == "classify" else 0,
+                       rngs=nnx.Rngs(seed))
