@@ -187,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("absl").setLevel(logging.ERROR)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
+        if args.command in ("train", "finetune", "eval"):
+            from jaxformer import distributed
+
+            distributed.maybe_initialize()  # multi-host runs: every process runs the same command
         return COMMANDS[args.command](args)
     except UserError as err:
         print(f"jaxformer {args.command}: {err}", file=sys.stderr)
