@@ -107,6 +107,9 @@ def restore_run(workdir: str | Path, cfg=None):
     from jaxformer.config import MeshConfig
 
     cfg = cfg or rundir.read_config(workdir)
+    if not (Path(workdir) / "checkpoints").is_dir():
+        raise UserError(f"No checkpoint in {Path(workdir) / 'checkpoints'}: train first, or point --workdir at a "
+                        f"finished run.")
     cfg = replace(cfg, mesh=MeshConfig(data=jax.device_count()))
     mesh = parallel.make_mesh(cfg.mesh)
     abstract = train.abstract_state(cfg)

@@ -13,7 +13,7 @@ from jaxformer.model import build_model
 _COMPONENTS = {  # top-level or per-block attribute name -> component
     "pos_embed": "positions", "embed": "embedding", "embed_norm": "norms", "attn_norm": "norms",
     "mlp_norm": "norms", "final_norm": "norms", "attn": "attention", "mlp": "mlp", "lm_head": "lm_head",
-    "mlm_transform": "mlm_head", "mlm_norm": "mlm_head", "mlm_bias": "mlm_head",
+    "mlm_transform": "mlm_head", "mlm_norm": "mlm_head", "mlm_bias": "mlm_head", "classifier": "classifier",
 }
 
 
