@@ -109,14 +109,26 @@ def cmd_eval(args) -> int:
     return 0
 
 
+_NEEDS = {"clm": ("sampling", "a decoder", "fill-mask"), "mlm": ("fill-mask", "an encoder", "sample")}
+
+
+def _load_run_of_kind(workdir: str, kind: str):
+    """(tokenizer, graphdef, params) of a pretrained run whose objective is `kind`, or one sentence why not."""
+    from jaxformer import checkpoint
+
+    cfg, tokenizer, graphdef, params = checkpoint.load_for_inference(workdir)
+    if cfg.objective.kind != kind:
+        what, needs, other = _NEEDS[kind]
+        raise UserError(f"{workdir} holds a run with objective.kind={cfg.objective.kind}: {what} needs {needs} run; "
+                        f"use `jaxformer {other}` for the other family.")
+    return tokenizer, graphdef, params
+
+
 def cmd_sample(args) -> int:
-    from jaxformer import checkpoint, generate
+    from jaxformer import generate
     from jaxformer.data.tokenizers import EOS
 
-    cfg, tokenizer, graphdef, params = checkpoint.load_for_inference(args.workdir)
-    if cfg.objective.kind != "clm":
-        raise UserError(f"{args.workdir} holds an encoder (objective.kind={cfg.objective.kind}): sampling needs a "
-                        f"decoder run; use `jaxformer fill-mask` for encoders.")
+    tokenizer, graphdef, params = _load_run_of_kind(args.workdir, "clm")
     prompts = [tokenizer.encode(p) for p in args.prompt]
     outs = generate.generate(graphdef, params, prompts, max_new_tokens=args.max_new_tokens,
                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
@@ -129,12 +141,9 @@ def cmd_sample(args) -> int:
 
 
 def cmd_fill_mask(args) -> int:
-    from jaxformer import checkpoint, generate
+    from jaxformer import generate
 
-    cfg, tokenizer, graphdef, params = checkpoint.load_for_inference(args.workdir)
-    if cfg.objective.kind != "mlm":
-        raise UserError(f"{args.workdir} holds a decoder (objective.kind={cfg.objective.kind}): fill-mask needs "
-                        f"an encoder run; use `jaxformer sample` for decoders.")
+    tokenizer, graphdef, params = _load_run_of_kind(args.workdir, "mlm")
     if "[MASK]" not in args.text:
         raise UserError("The text has no [MASK]: write [MASK] where a token should be predicted.")
     results = generate.fill_mask(graphdef, params, tokenizer.encode(args.text), top_k=args.top_k)

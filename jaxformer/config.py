@@ -167,7 +167,7 @@ PRESETS: dict[str, Config] = {
         data=dict(tokenizer="bpe", vocab_size=50257),
         train=dict(steps=600000, batch_size=480, seq_len=1024, grad_accum=40),
         optimizer=dict(lr=6e-4, warmup_steps=2000, b2=0.95)),
-    # BERT-base shapes: post-norm, embedding norm, exact GELU, untied? no: BERT ties its MLM decoder.
+    # BERT-base shapes: post-norm, embedding norm, exact GELU, MLM decoder tied to the embedding.
     "bert-base": _preset(
         model=dict(vocab_size=30522, n_layer=12, d_model=768, n_heads=12, max_seq_len=512, post_norm=True,
                    embed_norm=True, gelu_approximate=False, norm_eps=1e-12, dropout=0.1),
