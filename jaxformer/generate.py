@@ -171,6 +171,15 @@ def _decode(graphdef, params, cache, first_B, lengths_B, key, temperature, top_k
     return jax.lax.while_loop(cond, body, state)[-1]
 
 
+def _checked_request(graphdef, params, prompts, max_new_tokens, temperature, top_k, top_p):
+    """The shared refusals of both decoders: (model config, prompt rows) or a UserError."""
+    model = _model_of(graphdef, params)
+    _check_decoder(model)
+    _check_sampling(max_new_tokens, temperature, top_k, top_p)
+    cfg = model.cfg
+    return cfg, _prompt_rows(prompts, cfg.vocab_size, cfg.max_seq_len, max_new_tokens)
+
+
 def generate(graphdef, params, prompts: Sequence[np.ndarray | Sequence[int]], *, max_new_tokens: int,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
              eos_id: int | None = None, pad_id: int = 0) -> list[list[int]]:
@@ -179,11 +188,7 @@ def generate(graphdef, params, prompts: Sequence[np.ndarray | Sequence[int]], *,
     temperature 0 is greedy (argmax). Raises UserError for an encoder model, an empty prompt, ids outside
     the vocabulary, or a prompt that with max_new_tokens does not fit the context (`model.max_seq_len`).
     """
-    model = _model_of(graphdef, params)
-    _check_decoder(model)
-    _check_sampling(max_new_tokens, temperature, top_k, top_p)
-    cfg = model.cfg
-    rows = _prompt_rows(prompts, cfg.vocab_size, cfg.max_seq_len, max_new_tokens)
+    cfg, rows = _checked_request(graphdef, params, prompts, max_new_tokens, temperature, top_k, top_p)
     if not rows or max_new_tokens == 0:
         return [[] for _ in rows]
     bucket = prompt_bucket(max(r.size for r in rows), max_new_tokens, cfg.max_seq_len)
@@ -229,11 +234,7 @@ def generate_uncached(graphdef, params, prompts: Sequence[np.ndarray | Sequence[
     Each step re-runs the model over the whole sequence so far (rounded up to a multiple of 64 columns, so it
     compiles a handful of times, not once per length). It always runs max_new_tokens steps.
     """
-    model = _model_of(graphdef, params)
-    _check_decoder(model)
-    _check_sampling(max_new_tokens, temperature, top_k, top_p)
-    cfg = model.cfg
-    rows = _prompt_rows(prompts, cfg.vocab_size, cfg.max_seq_len, max_new_tokens)
+    cfg, rows = _checked_request(graphdef, params, prompts, max_new_tokens, temperature, top_k, top_p)
     if not rows or max_new_tokens == 0:
         return [[] for _ in rows]
     longest = max(r.size for r in rows)
