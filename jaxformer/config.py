@@ -141,6 +141,11 @@ def _preset(**sections: dict) -> Config:
 _TINY_MODEL = dict(n_layer=4, d_model=128, n_heads=4, dropout=0.0)
 _TINY_TRAIN = dict(steps=400, batch_size=16, seq_len=128, log_every=20, eval_every=200, checkpoint_every=200)
 
+# nanoGPT's shakespeare_char settings (paths relative to the repository root, where ../shared sits beside it).
+_SHAKESPEARE = dict(source="text:../shared/data/tinyshakespeare/input.txt", tokenizer="char")
+_NANOGPT_TRAIN = dict(log_every=50, eval_every=250, eval_batches=20, checkpoint_every=1000)
+_NANOGPT_OPT = dict(lr=1e-3, warmup_steps=100, min_lr_ratio=0.1, b2=0.99, weight_decay=0.1)
+
 PRESETS: dict[str, Config] = {
     # CPU quick start: a few minutes on two cores.
     "decoder-tiny": _preset(model=_TINY_MODEL, objective=dict(kind="clm"), train=_TINY_TRAIN,
@@ -149,18 +154,12 @@ PRESETS: dict[str, Config] = {
                             train=_TINY_TRAIN, optimizer=dict(lr=2e-3, warmup_steps=40)),
     # nanoGPT's CPU "baby" shakespeare_char run.
     "shakespeare-char-cpu": _preset(
-        model=dict(n_layer=4, d_model=128, n_heads=4, dropout=0.0, bias=False),
-        data=dict(source="text:../shared/data/tinyshakespeare/input.txt", tokenizer="char"),
-        train=dict(steps=2000, batch_size=12, seq_len=64, log_every=50, eval_every=250, eval_batches=20,
-                   checkpoint_every=1000),
-        optimizer=dict(lr=1e-3, warmup_steps=100, min_lr_ratio=0.1, b2=0.99, weight_decay=0.1)),
+        model=dict(n_layer=4, d_model=128, n_heads=4, dropout=0.0, bias=False), data=_SHAKESPEARE,
+        train=dict(_NANOGPT_TRAIN, steps=2000, batch_size=12, seq_len=64), optimizer=_NANOGPT_OPT),
     # nanoGPT's shakespeare_char GPU config.
     "shakespeare-char": _preset(
-        model=dict(n_layer=6, d_model=384, n_heads=6, dropout=0.2, bias=False),
-        data=dict(source="text:../shared/data/tinyshakespeare/input.txt", tokenizer="char"),
-        train=dict(steps=5000, batch_size=64, seq_len=256, log_every=50, eval_every=250, eval_batches=20,
-                   checkpoint_every=1000),
-        optimizer=dict(lr=1e-3, warmup_steps=100, min_lr_ratio=0.1, b2=0.99, weight_decay=0.1)),
+        model=dict(n_layer=6, d_model=384, n_heads=6, dropout=0.2, bias=False), data=_SHAKESPEARE,
+        train=dict(_NANOGPT_TRAIN, steps=5000, batch_size=64, seq_len=256), optimizer=_NANOGPT_OPT),
     # GPT-2 124M shapes (vocab 50257 to match the GPT-2 BPE).
     "gpt2-small": _preset(
         model=dict(vocab_size=50257, n_layer=12, d_model=768, n_heads=12, max_seq_len=1024, dropout=0.0),
