@@ -51,14 +51,14 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def save(self, state: TrainState, *, force: bool = False) -> bool:
+    def save(self, state: TrainState) -> bool:
         step = int(jax.device_get(state.step))
         if step in self.manager.all_steps():
             return False
         tree = _saved_tree(state)
         meta = {"step": step, "digest": tree_digest(tree)}
         return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
-                                                               meta=ocp.args.JsonSave(meta)), force=force)
+                                                               meta=ocp.args.JsonSave(meta)))
 
     def restore_latest(self, target: TrainState, shardings: TrainState) -> TrainState | None:
         """The newest checkpoint that restores and verifies, placed in `shardings`; None if there is none."""

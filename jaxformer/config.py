@@ -102,7 +102,6 @@ class TrainConfig:
     eval_batches: int = 8
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
-    sample_every: int = 0  # 0: sample only at the end (decoders)
 
 
 @dataclass(frozen=True)
