@@ -1,13 +1,19 @@
-"""Checkpoints with orbax: save every N steps (async), keep K, resume from the newest checkpoint that verifies.
+"""Checkpoints with orbax: save every N steps (async), keep K, restore the newest checkpoint that verifies.
 
 Orbax restores whatever is on disk without checking it (an empty newest step directory or overwritten bytes
 restore silently), so each step also saves a digest of every array, and `restore_latest` falls back to an
-older step when a restore fails or its digest does not match. Existing checkpoints are never modified.
+older step when a restore fails or its digest does not match. Existing checkpoints are never modified; a step
+is written to a temporary directory and renamed into place when complete, so a write that fails or is killed
+leaves the previous steps as they were.
+
+Each step's metadata also records the checkpoint format (a newer one is refused, not misread) and the
+tokenizer's fingerprint (a run whose tokenizer files were swapped is refused, not silently mis-decoded).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import jax
@@ -15,10 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxformer.errors import UserError
+from jaxformer.errors import CheckpointWriteError, UserError
 from jaxformer.train import TrainState
 
 log = logging.getLogger(__name__)
+FORMAT = 1  # bump when the saved tree changes; older readers refuse newer checkpoints
 
 
 def _saved_tree(state: TrainState) -> dict:
@@ -42,23 +49,57 @@ def tree_digest(tree) -> list[list[int]]:
     return [[int(v) for v in np.asarray(d)] for d in jax.device_get(_digest(tree))]
 
 
+def _reason(err: BaseException) -> str:
+    text = str(err).splitlines()[0][:200] if str(err) else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
 class Checkpointer:
-    def __init__(self, workdir: str | Path, keep: int = 3):
+    def __init__(self, workdir: str | Path, keep: int = 3, *, tokenizer_fingerprint: str = "", create: bool = True):
         self.directory = Path(workdir).absolute() / "checkpoints"
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
+        self.tokenizer_fingerprint = tokenizer_fingerprint
+        if create and jax.process_index() == 0:  # a write that was killed left a temporary dir: never a checkpoint
+            for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
     def save(self, state: TrainState) -> bool:
+        """Start writing `state` (async); a failure raises CheckpointWriteError now or at the next save/wait."""
         step = int(jax.device_get(state.step))
         if step in self.manager.all_steps():
             return False
         tree = _saved_tree(state)
-        meta = {"step": step, "digest": tree_digest(tree)}
-        return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
-                                                               meta=ocp.args.JsonSave(meta)))
+        meta = {"step": step, "format": FORMAT, "tokenizer": self.tokenizer_fingerprint, "digest": tree_digest(tree)}
+        try:
+            return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
+                                                                   meta=ocp.args.JsonSave(meta)))
+        except Exception as err:
+            raise self._write_error(step, err) from err
+
+    def _write_error(self, step: int, err: BaseException) -> CheckpointWriteError:
+        done = [s for s in self.manager.all_steps() if s != step]
+        previous = f"the newest complete checkpoint (step {max(done)}) is intact" if done else "no earlier checkpoint"
+        return CheckpointWriteError(f"Could not write checkpoint step {step} in {self.directory} ({_reason(err)}): "
+                                    f"{previous}; fix the storage (space, permissions) and re-run the same command "
+                                    f"to resume.")
+
+    def _meta(self, step: int) -> dict:
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def _check_meta(self, step: int, meta: dict) -> None:
+        """Refusals that an older step would not cure: a newer format, another tokenizer."""
+        if meta.get("format", 1) > FORMAT:
+            raise UserError(f"Checkpoint step {step} in {self.directory} has format {meta['format']}, newer than "
+                            f"this jaxformer reads ({FORMAT}): upgrade jaxformer to use this run.")
+        saved = meta.get("tokenizer", "")
+        if saved and self.tokenizer_fingerprint and saved != self.tokenizer_fingerprint:
+            raise UserError(f"Checkpoint step {step} in {self.directory} was trained with another tokenizer "
+                            f"({saved[:12]}) than the one in the run directory ({self.tokenizer_fingerprint[:12]}): "
+                            f"restore the run's tokenizer files or start a new --workdir.")
 
     def restore_latest(self, target: TrainState, shardings: TrainState) -> TrainState | None:
         """The newest checkpoint that restores and verifies, placed in `shardings`; None if there is none."""
@@ -68,16 +109,20 @@ class Checkpointer:
         failures = []
         for step in reversed(self.steps()):
             try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-                tree, meta = restored["state"], restored["meta"]
+                meta = self._meta(step)
+            except Exception as err:  # a partial or corrupt step: try the next older one
+                failures.append(f"step {step}: {_reason(err)}")
+                continue
+            self._check_meta(step, meta)
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+                tree = restored["state"]
                 if meta["digest"] != tree_digest(tree):
                     raise ValueError("digest mismatch")
-            except Exception as err:  # a partial, corrupt or mismatched step: try the next older one
-                reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-                failures.append(f"step {step}: {reason}")
+            except Exception as err:
+                failures.append(f"step {step}: {_reason(err)}")
                 log.warning("checkpoint step %d in %s does not verify (%s); trying an older one",
-                            step, self.directory, reason)
+                            step, self.directory, failures[-1])
                 continue
             if failures:
                 log.warning("resumed from step %d after skipping %s", step, "; ".join(failures))
@@ -88,45 +133,21 @@ class Checkpointer:
         return None
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except Exception as err:
+            raise self._write_error(self.manager.latest_step() or -1, err) from err
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()
 
 
-def restore_run(workdir: str | Path, cfg=None):
-    """(cfg, mesh, state, shardings) of the newest verified checkpoint in a run directory, on this host's devices.
-
-    The mesh is rebuilt for the devices at hand (all of them on the data axis), whatever the run trained on:
-    orbax reshards on restore.
-    """
-    from dataclasses import replace
-
-    from jaxformer import parallel, rundir, train
-    from jaxformer.config import MeshConfig
-
-    cfg = cfg or rundir.read_config(workdir)
-    if not (Path(workdir) / "checkpoints").is_dir():
-        raise UserError(f"No checkpoint in {Path(workdir) / 'checkpoints'}: train first, or point --workdir at a "
-                        f"finished run.")
-    cfg = replace(cfg, mesh=MeshConfig(data=jax.device_count()))
-    mesh = parallel.make_mesh(cfg.mesh)
-    abstract = train.abstract_state(cfg)
-    shardings = train.state_shardings(abstract, mesh)
-    state = Checkpointer(workdir, cfg.train.keep_checkpoints).restore_latest(abstract, shardings)
-    if state is None:
-        raise UserError(f"No checkpoint in {Path(workdir) / 'checkpoints'}: train first, or point --workdir at a "
-                        f"finished run.")
-    return cfg, mesh, state, shardings
-
-
-def load_for_inference(workdir: str | Path):
-    """(cfg, tokenizer, graphdef, params) of a trained run, for sampling, fill-mask and evaluation."""
-    from jaxformer.data.tokenizers import load_tokenizer
-
-    cfg, _, state, _ = restore_run(workdir)
-    tokenizer = load_tokenizer(workdir)
-    if tokenizer is None:
-        raise UserError(f"{workdir} has no saved tokenizer: it is not a complete jaxformer run directory.")
-    return cfg, tokenizer, state.graphdef, state.params
+def restore_newest(workdir: str | Path, target: TrainState, shardings: TrainState, *,
+                   tokenizer_fingerprint: str) -> TrainState | None:
+    """`Checkpointer.restore_latest` for a directory that this process only reads (nothing is created)."""
+    ckpt = Checkpointer(workdir, tokenizer_fingerprint=tokenizer_fingerprint, create=False)
+    try:
+        return ckpt.restore_latest(target, shardings)
+    finally:
+        ckpt.manager.close()

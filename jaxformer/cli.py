@@ -1,6 +1,7 @@
 """`jaxformer train | eval | sample | fill-mask | finetune | params | bench`.
 
-Exit codes: 0 done, 2 bad input (one sentence on stderr), 1 anything else.
+Exit codes (see jaxformer/errors.py): 0 done, 2 bad input, 3 stopped at a non-finite loss, 4 checkpoint write
+failed, 75 preempted after saving (re-run to resume), 1 anything else.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import os
 import sys
 
-from jaxformer.errors import UserError
+from jaxformer.errors import EXIT_PREEMPTED, JaxformerError, UserError
 
 DEFAULT_PRESET = "decoder-tiny"
 
@@ -35,6 +36,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train (or resume) a run in --workdir")
     _add_config_args(p)
     p.add_argument("--workdir", required=True, help="run directory; re-running on it resumes from its checkpoints")
+    p.add_argument("--extend", action="store_true",
+                   help="train a finished or running run longer: train.steps may grow (the learning-rate schedule "
+                        "is stretched from the newest checkpoint on); no other setting may change")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--sample-tokens", type=int, default=200, help="decoder runs: tokens to sample at the end")
 
@@ -89,46 +93,44 @@ def cmd_train(args) -> int:
 
     cfg = config_lib.load_config(args.preset, _overrides(args))
     config_lib.resolve(cfg, n_devices=jax.device_count())  # every check that needs no data, before any is read
-    result = trainer.train_loop(cfg, args.workdir, show_progress=not args.no_progress)
+    result = trainer.train_loop(cfg, args.workdir, show_progress=not args.no_progress, extend=args.extend)
     report.print_training_summary(args.workdir, result, sample_tokens=args.sample_tokens)
-    return 0
+    return EXIT_PREEMPTED if result["preempted"] else 0
 
 
 def cmd_eval(args) -> int:
     from dataclasses import replace
 
-    from jaxformer import checkpoint, trainer
+    from jaxformer import trainer
     from jaxformer.data.pipeline import load_corpus
+    from jaxformer.run import open_run
 
-    cfg, mesh, state, shardings = checkpoint.restore_run(args.workdir)
-    data_cfg = replace(cfg.data, source=args.data) if args.data else cfg.data
-    corpus = load_corpus(data_cfg, args.workdir, show_progress=False)
-    run = trainer.Run(cfg, corpus, mesh, state, shardings)
+    run = open_run(args.workdir)
+    if not run.objective.token_level:
+        raise UserError(f"{args.workdir} holds a fine-tuned classifier: its dev accuracy is in "
+                        f"{args.workdir}/metrics.jsonl (valid_accuracy); eval scores language-model runs.")
+    data_cfg = replace(run.cfg.data, source=args.data) if args.data else run.cfg.data
+    run.corpus = load_corpus(data_cfg, args.workdir, show_progress=False)
     out = trainer.evaluate(run, split=args.split, n_batches=args.batches)
-    print(json.dumps({"step": int(state.step), "split": args.split, "source": data_cfg.source, **out}))
+    print(json.dumps({"step": run.step, "split": args.split, "source": data_cfg.source, **out}))
     return 0
 
 
-_NEEDS = {"clm": ("sampling", "a decoder", "fill-mask"), "mlm": ("fill-mask", "an encoder", "sample")}
+def _open_for(workdir: str, ability: str):
+    """The run in `workdir`, or one sentence naming what it can do instead."""
+    from jaxformer.run import open_run
 
-
-def _load_run_of_kind(workdir: str, kind: str):
-    """(tokenizer, graphdef, params) of a pretrained run whose objective is `kind`, or one sentence why not."""
-    from jaxformer import checkpoint
-
-    cfg, tokenizer, graphdef, params = checkpoint.load_for_inference(workdir)
-    if cfg.objective.kind != kind:
-        what, needs, other = _NEEDS[kind]
-        raise UserError(f"{workdir} holds a run with objective.kind={cfg.objective.kind}: {what} needs {needs} run; "
-                        f"use `jaxformer {other}` for the other family.")
-    return tokenizer, graphdef, params
+    run = open_run(workdir)
+    run.objective.require(ability, workdir)
+    return run
 
 
 def cmd_sample(args) -> int:
     from jaxformer import generate
     from jaxformer.data.tokenizers import EOS
 
-    tokenizer, graphdef, params = _load_run_of_kind(args.workdir, "clm")
+    run = _open_for(args.workdir, "sample")
+    tokenizer, graphdef, params = run.tokenizer, run.state.graphdef, run.state.params
     prompts = [tokenizer.encode(p) for p in args.prompt]
     outs = generate.generate(graphdef, params, prompts, max_new_tokens=args.max_new_tokens,
                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
@@ -143,10 +145,11 @@ def cmd_sample(args) -> int:
 def cmd_fill_mask(args) -> int:
     from jaxformer import generate
 
-    tokenizer, graphdef, params = _load_run_of_kind(args.workdir, "mlm")
+    run = _open_for(args.workdir, "fill-mask")
+    tokenizer = run.tokenizer
     if "[MASK]" not in args.text:
         raise UserError("The text has no [MASK]: write [MASK] where a token should be predicted.")
-    results = generate.fill_mask(graphdef, params, tokenizer.encode(args.text), top_k=args.top_k)
+    results = generate.fill_mask(run.state.graphdef, run.state.params, tokenizer.encode(args.text), top_k=args.top_k)
     for i, candidates in enumerate(results):
         print(f"[MASK] #{i + 1}:")
         for token_id, prob in candidates:
@@ -160,7 +163,7 @@ def cmd_finetune(args) -> int:
     result = finetune.finetune(args.workdir, args.task, args.out, _overrides(args),
                                show_progress=not args.no_progress)
     finetune.print_summary(args.out, result)
-    return 0
+    return EXIT_PREEMPTED if result["preempted"] else 0
 
 
 def cmd_params(args) -> int:
@@ -201,9 +204,9 @@ def main(argv: list[str] | None = None) -> int:
 
             distributed.maybe_initialize()  # multi-host runs: every process runs the same command
         return COMMANDS[args.command](args)
-    except UserError as err:
+    except JaxformerError as err:
         print(f"jaxformer {args.command}: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     except KeyboardInterrupt:
         print(f"jaxformer {args.command}: interrupted.", file=sys.stderr)
         return 130

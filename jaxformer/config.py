@@ -102,6 +102,7 @@ class TrainConfig:
     eval_batches: int = 8
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
+    on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop (exit 3, naming the step) | skip the update
 
 
 @dataclass(frozen=True)
@@ -275,14 +276,17 @@ def _check(ok: bool, message: str) -> None:
 
 
 def validate(cfg: Config, n_devices: int | None = None) -> None:
+    from jaxformer.objectives import OBJECTIVES  # objectives import this module's types
+
     m, o, d, t, opt, mesh = cfg.model, cfg.objective, cfg.data, cfg.train, cfg.optimizer, cfg.mesh
     choices = {"model.mlp": (m.mlp, ("gelu", "swiglu", "geglu")),
                "model.norm": (m.norm, ("layernorm", "rmsnorm")),
                "model.positions": (m.positions, ("learned", "sinusoidal", "rope")),
                "model.dtype": (m.dtype, ("float32", "bfloat16")),
                "model.param_dtype": (m.param_dtype, ("float32", "bfloat16")),
-               "objective.kind": (o.kind, ("clm", "mlm", "classify")),
-               "data.tokenizer": (d.tokenizer, ("char", "byte", "bpe", "unigram"))}
+               "objective.kind": (o.kind, tuple(OBJECTIVES)),
+               "data.tokenizer": (d.tokenizer, ("char", "byte", "bpe", "unigram")),
+               "train.on_nonfinite": (t.on_nonfinite, ("stop", "skip"))}
     for key, (value, allowed) in choices.items():
         _check(value in allowed, f"Bad value '{value}' for {key}: choose one of {', '.join(allowed)}.")
     for key, value in [("model.n_layer", m.n_layer), ("model.d_model", m.d_model), ("model.n_heads", m.n_heads),

@@ -29,13 +29,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxformer import checkpoint, parallel, rundir, train, trainer
 from jaxformer import config as config_lib
+from jaxformer import objectives, parallel, rundir, train, trainer
 from jaxformer.config import Config, MeshConfig, ObjectiveConfig
 from jaxformer.data.batching import global_batch, local_rows
 from jaxformer.data.classification import load_task
 from jaxformer.data.tokenizers import CLS, EOS, PAD, SEP, Tokenizer, load_tokenizer
 from jaxformer.errors import UserError
+from jaxformer.run import Run, open_run
 
 # Fine-tuning defaults on top of the pretrained run's config; --set overrides win.
 DEFAULTS = {"train.steps": 500, "train.batch_size": 32, "train.log_every": 25, "train.eval_every": 100,
@@ -133,7 +134,7 @@ def finetune_config(pretrained: Config, task: str, n_classes: int, overrides: li
             raise UserError(f"{key} comes from the pretrained run and --task, so finetune does not take it from "
                             f"--set: leave it out.")
     objective = ObjectiveConfig(kind="classify", task=task, n_classes=n_classes,
-                                causal=pretrained.objective.kind == "clm")
+                                causal=objectives.for_config(pretrained).causal)
     cfg = replace(pretrained, objective=objective, mesh=MeshConfig())
     cfg = config_lib.apply_overrides(config_lib.apply_overrides(cfg, DEFAULTS), overrides)
     return config_lib.resolve(cfg, n_devices=jax.device_count())
@@ -159,7 +160,7 @@ def check_backbone(pretrained: Config, cfg: Config, workdir: str | Path) -> None
 def load_pretrained(state: train.TrainState, workdir: str | Path) -> tuple[train.TrainState, int]:
     """`state` with every parameter but the classifier head taken from the newest verified checkpoint in
     `workdir`, resharded onto `state`'s shardings; optimizer state and head stay as initialised."""
-    _, _, pre, _ = checkpoint.restore_run(workdir)
+    pre = open_run(workdir).state
     old = _flat_params(pre.params)
 
     def take(path, leaf):
@@ -178,7 +179,7 @@ def _has_checkpoint(workdir: Path) -> bool:
 
 # ---------------------------------------------------------------------------------------------- the run
 
-def evaluate(run: trainer.Run, batches: list[dict], eval_fn) -> dict:
+def evaluate(run: Run, batches: list[dict], eval_fn) -> dict:
     """Loss and accuracy over every example of fixed batches (padding rows carry no weight)."""
     totals = trainer.eval_totals(run, batches, eval_fn)
     n = max(totals["n_tokens"], 1.0)
@@ -193,7 +194,7 @@ def finetune(workdir: str | Path, task: str, out: str | Path, overrides: list[st
     if out.absolute() == workdir.absolute():
         raise UserError(f"--out {out} is the pretrained run's directory: give the fine-tuning run its own --out.")
     pretrained = rundir.read_config(workdir)
-    if pretrained.objective.kind == "classify":
+    if not objectives.for_config(pretrained).token_level:
         raise UserError(f"{workdir} holds a fine-tuned classifier: point --workdir at a pretraining (clm or mlm) run.")
     tokenizer = load_tokenizer(workdir)
     if tokenizer is None:
@@ -210,27 +211,25 @@ def finetune(workdir: str | Path, task: str, out: str | Path, overrides: list[st
     causal, seq_len = cfg.objective.causal, cfg.train.seq_len
     train_x, dev_x = (encode(t, tokenizer, seq_len, causal=causal) for t in (train_texts, dev_texts))
 
-    out.mkdir(parents=True, exist_ok=True)
-    run = trainer.init_run(cfg, out)
-    is_main = jax.process_index() == 0
-    if not resuming:
-        run.state, pretrained_step = load_pretrained(run.state, workdir)
-        if is_main:
-            origin = {"workdir": str(workdir.absolute()), "step": pretrained_step, "objective": pretrained.objective.kind}
-            rundir.write_text_atomic(out / PRETRAINED_FILE, json.dumps(origin) + "\n")
-    if is_main:
-        rundir.save_config(out, cfg)
-        tokenizer.save(out)
-    t = cfg.train
-    procs = {"process_index": jax.process_index(), "process_count": jax.process_count()}
-    dev_batches = eval_batches(dev_x, dev_labels, t.batch_size, **procs)
-    sharding = parallel.batch_sharding(run.mesh, ndim=1)
-    eval_fn = train.compile_eval_step(run.shardings, run.mesh)
-    result = trainer.fit(
-        run, out, show_progress=show_progress, stop_after=stop_after, char_level=False,
-        batch_at=lambda step: global_batch(
-            batch_at(train_x, train_labels, batch_size=t.batch_size, seed=t.seed, step=step, **procs), sharding),
-        evaluate_state=lambda state: evaluate(replace(run, state=state), dev_batches, eval_fn))
+    with rundir.WorkdirLock(out, enabled=jax.process_index() == 0):
+        run = open_run(out, cfg, tokenizer=tokenizer)
+        if not resuming:
+            run.state, pretrained_step = load_pretrained(run.state, workdir)
+            if jax.process_index() == 0:
+                origin = {"workdir": str(workdir.absolute()), "step": pretrained_step,
+                          "objective": pretrained.objective.kind}
+                rundir.write_text_atomic(out / PRETRAINED_FILE, json.dumps(origin) + "\n")
+        run.write_run_files()
+        t = run.cfg.train
+        procs = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+        dev_batches = eval_batches(dev_x, dev_labels, t.batch_size, **procs)
+        sharding = parallel.batch_sharding(run.mesh, ndim=1)
+        eval_fn = train.compile_eval_step(run.shardings, run.mesh)
+        result = trainer.fit(
+            run, show_progress=show_progress, stop_after=stop_after,
+            batch_at=lambda step: global_batch(
+                batch_at(train_x, train_labels, batch_size=t.batch_size, seed=t.seed, step=step, **procs), sharding),
+            evaluate_state=lambda state: evaluate(replace(run, state=state), dev_batches, eval_fn))
     origin = json.loads((out / PRETRAINED_FILE).read_text()) if (out / PRETRAINED_FILE).exists() else {}
     summary = {"task": task, "backbone": "decoder" if causal else "encoder", "pooling": cfg.objective.pooling,
                "linear_probe": cfg.objective.linear_probe, "pretrained": origin.get("workdir", str(workdir)),
@@ -241,7 +240,7 @@ def finetune(workdir: str | Path, task: str, out: str | Path, overrides: list[st
                        train_loss=result["loss"], train_accuracy=result["accuracy"])
     else:
         summary.update({f"dev_{k}": v for k, v in evaluate(run, dev_batches, eval_fn).items()})
-    return {**summary, "run": result["run"]}
+    return {**summary, "preempted": result["preempted"], "run": result["run"]}
 
 
 def print_summary(out: str | Path, result: dict, last: int = 8) -> None:

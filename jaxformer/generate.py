@@ -72,11 +72,6 @@ def _model_of(graphdef, params):
     return nnx.merge(graphdef, params)
 
 
-def _check_decoder(model) -> None:
-    if getattr(model, "mlm_bias", None) is not None:
-        raise UserError("This is an encoder (masked-LM) model, which cannot generate text: use fill-mask instead.")
-
-
 def _check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
     if max_new_tokens < 0:
         raise UserError(f"max_new_tokens must be >= 0, got {max_new_tokens}.")
@@ -174,7 +169,6 @@ def _decode(graphdef, params, cache, first_B, lengths_B, key, temperature, top_k
 def _checked_request(graphdef, params, prompts, max_new_tokens, temperature, top_k, top_p):
     """The shared refusals of both decoders: (model config, prompt rows) or a UserError."""
     model = _model_of(graphdef, params)
-    _check_decoder(model)
     _check_sampling(max_new_tokens, temperature, top_k, top_p)
     cfg = model.cfg
     return cfg, _prompt_rows(prompts, cfg.vocab_size, cfg.max_seq_len, max_new_tokens)
@@ -270,10 +264,9 @@ def _mask_probs(graphdef, params, tokens_1xT, mask_at_M, *, top_k: int):
 
 def fill_mask(graphdef, params, ids_with_mask: Sequence[int] | np.ndarray, top_k: int = 5, *,
               mask_id: int = MASK_ID) -> list[list[tuple[int, float]]]:
-    """For each MASK in the sequence (left to right): the top_k (token_id, probability) under the MLM head."""
+    """For each MASK in the sequence (left to right): the top_k (token_id, probability) under the MLM head.
+    The model must have one: open runs with `run.open_run` and ask `run.objective.require("fill-mask", ...)`."""
     model = _model_of(graphdef, params)
-    if getattr(model, "mlm_bias", None) is None:
-        raise UserError("This model has no masked-LM head (it is a decoder): use sample instead of fill-mask.")
     ids_T = np.asarray(ids_with_mask, np.int32).reshape(-1)
     cfg = model.cfg
     mask_at_M = np.flatnonzero(ids_T == mask_id)

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxformer import objectives
 from jaxformer.config import Config, ModelConfig, apply_overrides, resolve
 from jaxformer.errors import UserError
 from jaxformer.model import build_model
@@ -269,11 +270,11 @@ def load_hf_params(path: str | Path) -> tuple[Config, nnx.GraphDef, nnx.State]:
 
 # ---------------------------------------------------------------------------------------------- the imported model
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "mlm"))
-def _all_logits(graphdef, params, tokens_BxT, *, mlm: bool):
+@functools.partial(jax.jit, static_argnames=("graphdef", "objective"))
+def _all_logits(graphdef, params, tokens_BxT, *, objective: objectives.Objective):
     model = nnx.merge(graphdef, params)
-    h_BxTxD, _, _ = model(tokens_BxT, causal=not mlm)
-    return model.mlm_logits(h_BxTxD) if mlm else model.logits(h_BxTxD)
+    h_BxTxD, _, _ = model(tokens_BxT, causal=objective.causal)
+    return objective.head_logits(model, h_BxTxD)
 
 
 @dataclasses.dataclass
@@ -289,15 +290,19 @@ class ImportedModel:
     params: nnx.State
 
     @property
+    def objective(self) -> objectives.Objective:
+        return objectives.for_config(self.cfg)
+
+    @property
     def is_encoder(self) -> bool:
-        return self.cfg.objective.kind == "mlm"
+        return self.objective.family == "encoder"
 
     def __call__(self, tokens_BxT) -> jax.Array:
         tokens_BxT = jnp.asarray(tokens_BxT, jnp.int32)
         if tokens_BxT.ndim != 2 or tokens_BxT.shape[1] > self.cfg.model.max_seq_len:
             raise UserError(f"Expected int token ids [B, T] with T <= {self.cfg.model.max_seq_len}, got shape "
                             f"{tuple(tokens_BxT.shape)}.")
-        return _all_logits(self.graphdef, self.params, tokens_BxT, mlm=self.is_encoder)
+        return _all_logits(self.graphdef, self.params, tokens_BxT, objective=self.objective)
 
     def module(self):
         return nnx.merge(self.graphdef, self.params)
@@ -310,9 +315,9 @@ def from_hf(path: str | Path) -> ImportedModel:
 
 # ---------------------------------------------------------------------------------------------- export
 
-def _check_gpt2_shaped(m: ModelConfig, objective: str) -> None:
+def _check_gpt2_shaped(m: ModelConfig, objective: objectives.Objective) -> None:
     problems = [what for what, bad in (
-        ("an MLM (encoder) objective", objective == "mlm"), ("positions other than learned", m.positions != "learned"),
+        (f"a {objective.kind} objective (GPT-2 is a causal LM)", objective.head != "lm"), ("positions other than learned", m.positions != "learned"),
         ("RMSNorm", m.norm != "layernorm"), ("post-norm", m.post_norm), ("an embedding norm", m.embed_norm),
         ("a gated MLP", m.mlp != "gelu"), ("grouped KV heads", m.n_kv_heads != m.n_heads),
         ("head_dim * n_heads != d_model", m.head_dim * m.n_heads != m.d_model),
@@ -330,7 +335,7 @@ def to_hf_gpt2(cfg: Config, params: nnx.State, out_dir: str | Path, *, bos_token
     from safetensors.numpy import save_file
 
     m = cfg.model
-    _check_gpt2_shaped(m, cfg.objective.kind)
+    _check_gpt2_shaped(m, objectives.for_config(cfg))
     graphdef = nnx.split(nnx.eval_shape(lambda: build_model(cfg)))[0]
     model = nnx.merge(graphdef, params)
     d, f = m.d_model, mlp_hidden(m)

@@ -9,15 +9,22 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jaxformer.rundir import write_text_atomic as write_text
+
 LN2 = math.log(2.0)
 
 
-def summarize(window: list[dict], *, char_level: bool) -> dict:
-    """Mean of the per-step device metrics since the last log (one host transfer for the whole window)."""
+SUMMED = ("n_tokens", "skipped")  # counts over the window; every other metric is averaged
+
+
+def summarize(window: list[dict], *, char_level: bool, token_level: bool = True) -> dict:
+    """Mean of the per-step device metrics since the last log (one host transfer for the whole window); counts
+    are summed. Perplexity (and bpc) only for objectives that predict tokens."""
     host = jax.device_get(window)
-    out = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-    out["n_tokens"] = float(sum(m["n_tokens"] for m in host))
-    out.update(derived(out["loss"], char_level=char_level))
+    out = {k: float(np.sum([m[k] for m in host]) if k in SUMMED else np.mean([m[k] for m in host]))
+           for k in host[0]}
+    if token_level:
+        out.update(derived(out["loss"], char_level=char_level))
     return out
 
 
@@ -31,11 +38,17 @@ def derived(loss: float, *, char_level: bool) -> dict:
 class MetricsWriter:
     """Appends to `<workdir>/metrics.jsonl` and writes TensorBoard scalars under `<workdir>/tensorboard`."""
 
-    def __init__(self, workdir: str | Path, *, enabled: bool = True):
+    def __init__(self, workdir: str | Path, *, enabled: bool = True, resume_step: int = 0):
+        """`resume_step`: the step the run resumes from; lines logged after it by an earlier attempt that did not
+        reach a checkpoint are dropped, so every logged step comes from the parameters that produced it."""
         self.enabled = enabled
         if not enabled:
             return
         self.path = Path(workdir) / "metrics.jsonl"
+        rows = read_metrics(workdir)
+        kept = [r for r in rows if r.get("step", 0) <= resume_step]
+        if len(kept) < len(rows):
+            write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self.file = open(self.path, "a")  # noqa: SIM115  (kept open for the run)
         try:
             from tensorboardX import SummaryWriter

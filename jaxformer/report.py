@@ -31,12 +31,12 @@ def print_training_summary(workdir: str | Path, result: dict, *, sample_tokens: 
     if rows:
         console.print(loss_table(rows))
     run = result.get("run")
-    if run is None or run.cfg.objective.kind != "clm" or sample_tokens <= 0:
+    if run is None or "sample" not in run.objective.abilities or sample_tokens <= 0:
         return
     from jaxformer import generate
     from jaxformer.data.tokenizers import EOS
 
-    tokenizer = run.corpus.tokenizer
+    tokenizer = run.tokenizer
     prompt_ids = tokenizer.encode(SAMPLE_PROMPT)
     budget = min(sample_tokens, run.cfg.model.max_seq_len - len(prompt_ids))
     new = generate.generate(run.state.graphdef, run.state.params, [prompt_ids], max_new_tokens=budget,

@@ -112,13 +112,16 @@ def _split_micro(x: jax.Array, k: int) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
-    """One optimizer step on the global batch, accumulating `train.grad_accum` micro-batches."""
+    """One optimizer step on the global batch, accumulating `train.grad_accum` micro-batches.
+
+    A step whose loss or gradients are not finite changes neither parameters nor optimizer state (the step
+    counter still advances, so the data position does too); `metrics["skipped"]` is 1 for it."""
     cfg = state.cfg
-    causal = objectives.is_causal(cfg.objective)
+    objective = objectives.for_config(cfg)
     rng = jax.random.fold_in(rng, state.step)
     rng_objective, rng_dropout = jax.random.split(rng)
     # The objective sees the whole batch at once, so accumulation changes nothing about the masks drawn.
-    ex = objectives.prepare(batch, rng_objective, cfg.objective, cfg.model.vocab_size)
+    ex = objective.prepare(batch, rng_objective)
     n_total = jnp.maximum(ex["weights"].sum(), 1.0)
     k = cfg.train.grad_accum
     aux_weight = cfg.model.moe_aux_weight if cfg.model.n_experts else 0.0
@@ -128,7 +131,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainSta
             params = _stop_backbone(params)
         model = nnx.merge(state.graphdef, params)
         rng_ = micro_rng if cfg.model.dropout > 0 else None
-        loss_sum, stats = objectives.loss_sums(model, micro, causal=causal, rng=rng_)
+        loss_sum, stats = objective.loss_sums(model, micro, rng=rng_)
         return loss_sum / n_total + aux_weight * stats["aux"] / k, (loss_sum, stats)
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
@@ -145,10 +148,15 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainSta
         zeros = jax.tree.map(jnp.zeros_like, (state.params, jnp.zeros(()),
                                               {"correct": 0.0, "n_tokens": 0.0, "aux": 0.0}))
         (grads, loss_sum, stats), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(k), micro_batches))
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    # Keep the last good values: the select fuses into the elementwise update, no extra pass over memory.
+    params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                     (params, opt_state), (state.params, state.opt_state))
     metrics = {"loss": loss_sum / n_total, "accuracy": stats["correct"] / n_total, "n_tokens": stats["n_tokens"],
-               "grad_norm": optax.tree.norm(grads),
+               "grad_norm": grad_norm, "skipped": 1.0 - finite.astype(jnp.float32),
                "lr": lr_schedule(cfg.optimizer, cfg.train.steps)(state.step)}
     if cfg.model.n_experts:
         metrics["moe_aux"] = stats["aux"] / k
@@ -157,9 +165,9 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainSta
 
 def eval_step(state: TrainState, batch: dict, rng: jax.Array) -> dict:
     """Summed loss terms on one batch (no dropout; MLM masks from `rng`, fixed by the caller for comparability)."""
-    cfg = state.cfg
-    ex = objectives.prepare(batch, rng, cfg.objective, cfg.model.vocab_size)
-    loss_sum, stats = objectives.loss_sums(state.model(), ex, causal=objectives.is_causal(cfg.objective), rng=None)
+    objective = objectives.for_config(state.cfg)
+    ex = objective.prepare(batch, rng)
+    loss_sum, stats = objective.loss_sums(state.model(), ex, rng=None)
     return {"loss_sum": loss_sum, "correct": stats["correct"], "n_tokens": stats["n_tokens"]}
 
 

@@ -6,11 +6,12 @@ one, metrics stay on device until a log step, and checkpoints are written asynch
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import jax
@@ -22,43 +23,11 @@ from jaxformer import metrics as metrics_lib
 from jaxformer import parallel, rundir, train
 from jaxformer.checkpoint import Checkpointer
 from jaxformer.data.batching import batch_at, eval_batches, global_batch
-from jaxformer.data.pipeline import Corpus, load_corpus
+from jaxformer.errors import NonFiniteError
+from jaxformer.run import Run, open_run
 
 log = logging.getLogger(__name__)
 EVAL_MASK_SEED = 1234  # MLM eval masks are drawn from this fixed seed so eval losses compare across runs
-
-
-@dataclass
-class Run:
-    """Everything a loaded run holds: its config, data, mesh and (sharded) state (fine-tuning runs have no
-    pretraining corpus)."""
-
-    cfg: config_lib.Config
-    corpus: Corpus | None
-    mesh: jax.sharding.Mesh
-    state: train.TrainState
-    shardings: train.TrainState
-
-
-def setup(cfg: config_lib.Config, workdir: str | Path, *, show_progress: bool = True, resume: bool = True) -> Run:
-    """Tokenize (cached), resolve and check the config, build the mesh and state, restore the latest checkpoint."""
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    corpus = load_corpus(cfg.data, workdir, show_progress=show_progress)
-    cfg = config_lib.resolve(cfg, vocab_size=corpus.vocab_size, n_devices=jax.device_count())
-    return init_run(cfg, workdir, corpus, resume=resume)
-
-
-def init_run(cfg: config_lib.Config, workdir: Path, corpus: Corpus | None = None, *, resume: bool = True) -> Run:
-    """For a resolved config: check it against the run directory's, build the mesh and the state, restore the
-    latest checkpoint (the state stays at step 0 when there is none)."""
-    rundir.check_resume(workdir, cfg)
-    mesh = parallel.make_mesh(cfg.mesh)
-    state, shardings = train.init_train_state(cfg, mesh)
-    if resume:
-        restored = Checkpointer(workdir, cfg.train.keep_checkpoints).restore_latest(state, shardings)
-        state = restored if restored is not None else state
-    return Run(cfg, corpus, mesh, state, shardings)
 
 
 def make_batch(cfg: config_lib.Config, tokens: np.ndarray, step: int, mesh) -> dict:
@@ -80,7 +49,7 @@ def evaluate(run: Run, eval_fn=None, *, split: str = "valid", n_batches: int | N
     n = max(totals["n_tokens"], 1.0)
     loss = totals["loss_sum"] / n
     return {"loss": loss, "accuracy": totals["correct"] / n, "n_tokens": int(totals["n_tokens"]),
-            **metrics_lib.derived(loss, char_level=run.corpus.tokenizer.char_level)}
+            **metrics_lib.derived(loss, char_level=run.tokenizer.char_level)}
 
 
 def eval_totals(run: Run, local_batches, eval_fn) -> dict[str, float]:
@@ -119,76 +88,111 @@ class _StopFlag:
 
 
 def train_loop(cfg: config_lib.Config, workdir: str | Path, *, show_progress: bool = True,
-               stop_after: int | None = None) -> dict:
+               stop_after: int | None = None, extend: bool = False) -> dict:
     """Train (or resume) a run in `workdir`; returns the final train and validation metrics.
 
     `stop_after`: behave as if preempted once that step is done (checkpoint, return), for tests and schedules.
+    The result's `preempted` is True when the loop stopped early (signal or `stop_after`) after saving.
     """
-    workdir = Path(workdir)
-    run = setup(cfg, workdir, show_progress=show_progress)
-    if jax.process_index() == 0:
-        rundir.save_config(workdir, run.cfg)
-        run.corpus.tokenizer.save(workdir)
-    eval_fn = train.compile_eval_step(run.shardings, run.mesh)
-    return fit(run, workdir, batch_at=lambda step: make_batch(run.cfg, run.corpus.train, step, run.mesh),
-               evaluate_state=lambda state: evaluate(replace(run, state=state), eval_fn),
-               char_level=run.corpus.tokenizer.char_level, show_progress=show_progress, stop_after=stop_after)
+    with rundir.WorkdirLock(workdir, enabled=jax.process_index() == 0):
+        run = open_run(workdir, cfg, extend=extend, show_progress=show_progress)
+        run.write_run_files()
+        eval_fn = train.compile_eval_step(run.shardings, run.mesh)
+        return fit(run, batch_at=lambda step: make_batch(run.cfg, run.corpus.train, step, run.mesh),
+                   evaluate_state=lambda state: evaluate(replace(run, state=state), eval_fn),
+                   show_progress=show_progress, stop_after=stop_after)
 
 
-def fit(run: Run, workdir: str | Path, *, batch_at: Callable[[int], dict],
-        evaluate_state: Callable[[train.TrainState], dict], char_level: bool, show_progress: bool = True,
-        stop_after: int | None = None) -> dict:
+class _FiniteCheck:
+    """train.on_nonfinite=stop: raise NonFiniteError for the first step whose update was skipped."""
+
+    def __init__(self, enabled: bool, workdir: Path, ckpt: Checkpointer):
+        self.enabled, self.workdir, self.ckpt = enabled, workdir, ckpt
+
+    def __call__(self, step: int, metrics: dict) -> None:
+        if not self.enabled or not float(jax.device_get(metrics["skipped"])):
+            return
+        host = jax.device_get(metrics)
+        self.ckpt.wait()
+        kept = max(self.ckpt.steps(), default=None)
+        kept_text = f"the last good checkpoint (step {kept}) is kept" if kept is not None else "no checkpoint is saved"
+        raise NonFiniteError(
+            f"Step {step} of {self.workdir} had a non-finite loss ({float(host['loss']):.4g}) or gradient norm "
+            f"({float(host['grad_norm']):.4g}), so training stopped; {kept_text}. Lower optimizer.lr, check the "
+            f"data, or set train.on_nonfinite=skip to skip such steps.")
+
+
+def fit(run: Run, *, batch_at: Callable[[int], dict], evaluate_state: Callable[[train.TrainState], dict],
+        show_progress: bool = True, stop_after: int | None = None) -> dict:
     """THE loop, for every objective (pretraining and fine-tuning): `train.train_step` from `run.state` to
     `train.steps`, with logging to metrics.jsonl, `evaluate_state(state)` (logged with a valid_ prefix) every
     train.eval_every steps and at the end, checkpoints, and a clean stop on SIGTERM / Ctrl-C. `batch_at(step)`
     gives the global batch of a step from the step alone, so a resumed run sees the same data as an
-    uninterrupted one. The caller has written the run directory's config and tokenizer."""
-    workdir = Path(workdir)
-    cfg = run.cfg
+    uninterrupted one. The caller has written the run directory's config and tokenizer.
+
+    A step with a non-finite loss or gradient leaves the state as it was (see `train.train_step`); with
+    train.on_nonfinite=skip the loop goes on and logs how many steps it skipped, with `stop` it raises
+    NonFiniteError naming the step and saves nothing more. The flag of a step is read after the next step
+    is dispatched, so the host never waits on the step it has just queued."""
+    workdir, cfg = run.workdir, run.cfg
     is_main = jax.process_index() == 0
-    ckpt = Checkpointer(workdir, cfg.train.keep_checkpoints)
-    writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
+    start, total = int(jax.device_get(run.state.step)), cfg.train.steps
+    ckpt = Checkpointer(workdir, cfg.train.keep_checkpoints, tokenizer_fingerprint=run.tokenizer.fingerprint)
+    writer = metrics_lib.MetricsWriter(workdir, enabled=is_main, resume_step=start)
+    check_finite = _FiniteCheck(cfg.train.on_nonfinite == "stop", workdir, ckpt)
     step_fn = train.compile_train_step(run.shardings, run.mesh)
     key = jax.random.key(cfg.train.seed)
-    start, total = int(jax.device_get(run.state.step)), cfg.train.steps
     tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
-    state, window, last = run.state, [], {}
+    summarize = functools.partial(metrics_lib.summarize, char_level=run.tokenizer.char_level,
+                                  token_level=run.objective.token_level)
+    state, window, last, previous = run.state, [], {}, None
     bar = tqdm(total=total, initial=start, desc=f"train {cfg.objective.kind}", disable=not (show_progress and is_main),
                dynamic_ncols=True)
     t_window, n_timed = time.perf_counter(), 0
     next_batch = batch_at(start) if start < total else None
-    with _StopFlag() as stop:
-        for step in range(start, total):
-            state, metrics = step_fn(state, next_batch, key)
-            if step + 1 < total:  # cut the next batch while the device works on this one
-                next_batch = batch_at(step + 1)
-            window.append(metrics)
-            done = step + 1
-            n_timed += 1
-            if step == start:  # keep compilation out of the throughput figure (one sync per invocation)
-                jax.block_until_ready(metrics)
-                t_window, n_timed = time.perf_counter(), 0
-            is_eval = cfg.train.eval_every and done % cfg.train.eval_every == 0
-            stopping = stop.requested or done == stop_after
-            if done % cfg.train.log_every == 0 or done == total or is_eval or stopping:
-                last = metrics_lib.summarize(window, char_level=char_level)
-                elapsed = time.perf_counter() - t_window
-                if n_timed:
-                    last["tokens_per_s"] = n_timed * tokens_per_step / max(elapsed, 1e-9)
-                if is_eval or done == total:
-                    last.update({f"valid_{k}": v for k, v in evaluate_state(state).items()})
-                writer.write(done, last)
-                bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last.get('tokens_per_s', 0):.0f}", refresh=False)
-                window, t_window, n_timed = [], time.perf_counter(), 0
-            bar.update(1)
-            if done % cfg.train.checkpoint_every == 0 or done == total or stopping:
-                ckpt.save(state)
-            if stopping:
-                if stop.requested:
-                    log.warning("stopped at step %d; checkpoint saved, re-run the same command to resume", done)
-                break
-    bar.close()
-    ckpt.close()
-    writer.close()
+    stopped_early = False
+    try:
+        with _StopFlag() as stop:
+            for step in range(start, total):
+                state, metrics = step_fn(state, next_batch, key)
+                done = step + 1
+                if done < total:  # cut the next batch while the device works on this one
+                    next_batch = batch_at(done)
+                if previous is not None:
+                    check_finite(*previous)
+                previous = (done, metrics)
+                window.append(metrics)
+                n_timed += 1
+                if step == start:  # keep compilation out of the throughput figure (one sync per invocation)
+                    jax.block_until_ready(metrics)
+                    t_window, n_timed = time.perf_counter(), 0
+                is_eval = cfg.train.eval_every and done % cfg.train.eval_every == 0
+                stopping = stop.requested or done == stop_after
+                if done % cfg.train.log_every == 0 or done == total or is_eval or stopping:
+                    last = summarize(window)
+                    elapsed = time.perf_counter() - t_window
+                    if n_timed:
+                        last["tokens_per_s"] = n_timed * tokens_per_step / max(elapsed, 1e-9)
+                    if is_eval or done == total:
+                        last.update({f"valid_{k}": v for k, v in evaluate_state(state).items()})
+                    writer.write(done, last)
+                    bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last.get('tokens_per_s', 0):.0f}",
+                                    refresh=False)
+                    window, t_window, n_timed = [], time.perf_counter(), 0
+                bar.update(1)
+                if done % cfg.train.checkpoint_every == 0 or done == total or stopping:
+                    check_finite(done, metrics)  # never save past a step that should have stopped the run
+                    ckpt.save(state)
+                if stopping:
+                    stopped_early = done < total
+                    if stop.requested:
+                        log.warning("stopped at step %d; checkpoint saved, re-run the same command to resume", done)
+                    break
+            if previous is not None:
+                check_finite(*previous)
+    finally:
+        bar.close()
+        writer.close()
+        ckpt.close()
     run.state = state
-    return {"step": int(jax.device_get(state.step)), **last, "run": run}
+    return {"step": int(jax.device_get(state.step)), **last, "preempted": stopped_early, "run": run}

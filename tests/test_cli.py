@@ -52,8 +52,12 @@ def test_decoder_train_resume_eval_sample(tmp_path, capsys):
     work = str(tmp_path / "dec")
     assert main(["train", "--workdir", work, "--no-progress", "--sample-tokens", "20", "--set", *TINY,
                  "train.steps=10"]) == 0
-    assert main(["train", "--workdir", work, "--no-progress", "--sample-tokens", "0", "--set", *TINY,
-                 "train.steps=20"]) == 0  # resumes at 10
+    capsys.readouterr()
+    longer = ["train", "--workdir", work, "--no-progress", "--sample-tokens", "0", "--set", *TINY, "train.steps=20"]
+    assert main(longer) == 2  # more steps change the schedule: only on purpose
+    err = capsys.readouterr().err
+    assert "train.steps 10 -> 20" in err and "--extend" in err and len(err.strip().splitlines()) == 1
+    assert main([*longer, "--extend"]) == 0  # resumes at 10
     lines = [json.loads(line) for line in open(os.path.join(work, "metrics.jsonl"))]
     assert [m["step"] for m in lines] == [5, 10, 15, 20]
     assert all("loss" in m for m in lines) and "valid_loss" in lines[-1] and "bpc" in lines[-1]

@@ -9,11 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxformer import checkpoint, cli, finetune, objectives, trainer
+from jaxformer import cli, finetune, objectives, trainer
 from jaxformer import config as config_lib
 from jaxformer.data.tokenizers import CLS, EOS, PAD, SEP
 from jaxformer.errors import UserError
 from jaxformer.model import build_model
+from jaxformer.run import open_run
 
 PRETRAIN = ["model.n_layer=2", "model.d_model=64", "model.n_heads=4", "train.seq_len=32", "train.batch_size=16",
             "train.steps=20", "train.log_every=10", "train.eval_every=0", "train.eval_batches=1",
@@ -56,7 +57,7 @@ def flat(params) -> dict:
 
 
 def pretrained_params(workdir) -> dict:
-    return flat(checkpoint.restore_run(workdir)[2].params)
+    return flat(open_run(workdir).state.params)
 
 
 def is_head(key: str) -> bool:
@@ -122,8 +123,8 @@ def test_pooling_picks_the_right_positions(causal):
     model = build_model(cfg, seed=0)
 
     def prepared(toks, pooling):
-        return objectives.prepare({"tokens": toks, "labels": jnp.zeros(4, jnp.int32)}, jax.random.key(0),
-                                  replace(cfg.objective, pooling=pooling), 40)
+        objective = objectives.for_config(replace(cfg, objective=replace(cfg.objective, pooling=pooling)))
+        return objective.prepare({"tokens": toks, "labels": jnp.zeros(4, jnp.int32)}, jax.random.key(0))
 
     ex, ex_long = prepared(tokens, "mean"), prepared(longer, "mean")
     hidden = np.asarray(model(ex["inputs"], causal=causal, segment_ids_BxT=ex["segment_ids"])[0])

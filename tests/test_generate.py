@@ -13,7 +13,8 @@ import pytest
 from flax import nnx
 
 from jaxformer import generate as gen
-from jaxformer.config import load_config, resolve
+from jaxformer import objectives
+from jaxformer.config import get_preset, load_config, resolve
 from jaxformer.errors import UserError
 from jaxformer.model import build_model
 
@@ -188,10 +189,11 @@ def test_refusals():
         gen.generate(graphdef, params, [[VOCAB]], max_new_tokens=5)
     with pytest.raises(UserError, match="MASK"):
         gen.fill_mask(*nnx.split(tiny("encoder-tiny")), [9, 10, 11])
-    with pytest.raises(UserError, match="encoder"):
-        gen.generate(*nnx.split(tiny("encoder-tiny")), [[9, 10]], max_new_tokens=3)
-    with pytest.raises(UserError, match="masked-LM head"):
-        gen.fill_mask(graphdef, params, [9, gen.MASK_ID, 11])
+    # Which runs can sample or fill masks is the objective's to say (the CLI asks it before calling these).
+    with pytest.raises(UserError, match="encoder run with objective.kind=mlm: sample needs a decoder"):
+        objectives.for_config(get_preset("encoder-tiny")).require("sample", "runs/e")
+    with pytest.raises(UserError, match="decoder run with objective.kind=clm: fill-mask needs an encoder"):
+        objectives.for_config(get_preset("decoder-tiny")).require("fill-mask", "runs/d")
     assert gen.generate(graphdef, params, [[5] * 59], max_new_tokens=5, temperature=0.0)  # exactly fits
 
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from jaxformer.config import ObjectiveConfig
 from jaxformer.data.tokenizers import CLS, MASK, N_SPECIAL, PAD, SEP
-from jaxformer.objectives import mask_tokens, prepare
+from jaxformer.objectives import CausalLM, MaskedLM
 
 V = 100
 
@@ -21,7 +21,7 @@ def _tokens(rng, b, t):
 
 def test_clm_shifts_by_one_and_ignores_pad():
     toks = jnp.asarray([[10, 11, 12, PAD]], jnp.int32)
-    ex = prepare({"tokens": toks}, jax.random.key(0), ObjectiveConfig(kind="clm"), V)
+    ex = CausalLM(ObjectiveConfig(kind="clm"), V).prepare({"tokens": toks}, jax.random.key(0))
     np.testing.assert_array_equal(ex["inputs"], [[10, 11, 12]])
     np.testing.assert_array_equal(ex["targets"], [[11, 12, PAD]])
     np.testing.assert_array_equal(ex["weights"], [[1, 1, 0]])
@@ -30,7 +30,7 @@ def test_clm_shifts_by_one_and_ignores_pad():
 def test_mlm_masking_statistics_over_many_draws():
     obj = ObjectiveConfig(kind="mlm", mask_rate=0.15, mask_token_frac=0.8, random_token_frac=0.1)
     toks = jnp.asarray(_tokens(np.random.default_rng(0), 64, 128))
-    draw = jax.jit(lambda r: mask_tokens(toks, r, obj, V))
+    draw = jax.jit(lambda r: MaskedLM(obj, V).mask_tokens(toks, r))
     ordinary = np.asarray(toks >= N_SPECIAL)
     n_chosen = n_ordinary = n_mask = n_random = n_keep = 0
     hits = np.zeros(toks.shape)
@@ -69,8 +69,8 @@ def test_mlm_masking_statistics_over_many_draws():
 def test_mlm_masks_depend_on_rng_only():
     obj = ObjectiveConfig(kind="mlm")
     toks = jnp.asarray(_tokens(np.random.default_rng(1), 4, 64))
-    a = mask_tokens(toks, jax.random.key(3), obj, V)
-    b = mask_tokens(toks, jax.random.key(3), obj, V)
-    c = mask_tokens(toks, jax.random.key(4), obj, V)
+    a = MaskedLM(obj, V).mask_tokens(toks, jax.random.key(3))
+    b = MaskedLM(obj, V).mask_tokens(toks, jax.random.key(3))
+    c = MaskedLM(obj, V).mask_tokens(toks, jax.random.key(4))
     np.testing.assert_array_equal(a["inputs"], b["inputs"])
     assert (np.asarray(a["mask_positions"]) != np.asarray(c["mask_positions"])).any()

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from jaxformer import config as config_lib
+from jaxformer import objectives
 from jaxformer.data.batching import batch_at
 from jaxformer.data.tokenizers import EOS
 from jaxformer.model import build_model
-from jaxformer.objectives import prepare
 
 V = 40
 
@@ -32,8 +32,9 @@ def test_packed_documents_do_not_see_each_other(kind, positions):
     model = build_model(cfg)
     tokens = _stream(np.random.default_rng(0))
     batch = batch_at(tokens, batch_size=4, seq_len=24, seed=0, step=0, packing=True)
-    ex = prepare({k: jnp.asarray(v) for k, v in batch.items()}, jax.random.key(0), cfg.objective, V)
-    causal = kind == "clm"
+    objective = objectives.for_config(cfg)
+    ex = objective.prepare({k: jnp.asarray(v) for k, v in batch.items()}, jax.random.key(0))
+    causal = objective.causal
     h, _, _ = model(ex["inputs"], causal=causal, positions_BxT=ex["positions"], segment_ids_BxT=ex["segment_ids"])
     seg = np.asarray(ex["segment_ids"])
     for row in range(4):

@@ -107,9 +107,7 @@ def resolve_tokenizer(data_cfg, source: Source, workdir, root: Path) -> Tokenize
                             f"(empty corpus): point it at non-empty files.")
         tok = train_tokenizer(kind, text, data_cfg.vocab_size)
         tok.save(cached_dir)
-    if workdir is not None:
-        tok.save(workdir)
-    return tok
+    return tok  # the run directory gets it from `Run.write_run_files`, once the whole config has been checked
 
 
 def tokenizer_training_text(source: Source, valid_fraction: float) -> str:

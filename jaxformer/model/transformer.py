@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxformer import objectives
 from jaxformer.config import Config, ModelConfig
 from jaxformer.model.attention import Attention, KVCache, init_cache
 from jaxformer.model.layers import MLP, Linear, Norm, activation, dropout, dtypes
@@ -137,7 +138,8 @@ class Transformer(nnx.Module):
 
 
 def build_model(cfg: Config, seed: int = 0) -> Transformer:
-    """The model for a resolved config (vocab and head counts filled in by `config.resolve`)."""
-    o = cfg.objective
-    return Transformer(cfg.model, mlm_head=o.kind == "mlm", n_classes=o.n_classes if o.kind == "classify" else 0,
-                       rngs=nnx.Rngs(seed))
+    """The model for a resolved config (vocab and head counts filled in by `config.resolve`), with the head that
+    its objective trains."""
+    head = objectives.for_config(cfg).head
+    return Transformer(cfg.model, mlm_head=head == "mlm", n_classes=cfg.objective.n_classes if head == "classifier"
+                       else 0, rngs=nnx.Rngs(seed))

@@ -1,0 +1,77 @@
+"""What every objective is: `prepare` (batch -> model inputs, targets, loss weights), the head that scores the
+predicted positions, the attention it trains under, and what a trained run of it can do.
+
+A new kind (NSP, distillation, token classification, ...) subclasses `Objective`, sets the class attributes and
+`prepare` / `scores`, and registers itself in `objectives/__init__.py`; `train.train_step` stays one function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxformer.errors import UserError
+
+if TYPE_CHECKING:
+    from jaxformer.config import ObjectiveConfig
+
+# What a trained run can be asked to do -> the command that does it (for "use this instead" hints).
+ABILITY_COMMANDS = {"sample": "jaxformer sample", "fill-mask": "jaxformer fill-mask"}
+
+
+@dataclass(frozen=True)
+class Objective:
+    cfg: ObjectiveConfig
+    vocab_size: int
+
+    kind: ClassVar[str]
+    head: ClassVar[str]  # the Transformer head it trains: "lm", "mlm" or "classifier"
+    abilities: ClassVar[frozenset[str]] = frozenset()  # what a trained run of it supports: "sample", "fill-mask"
+    token_level: ClassVar[bool] = True  # one prediction per token (perplexity/bpc mean something), else per example
+
+    @property
+    def causal(self) -> bool:
+        """Causal (decoder) or bidirectional (encoder) attention."""
+        raise NotImplementedError
+
+    @property
+    def family(self) -> str:
+        return "decoder" if self.causal else "encoder"
+
+    def prepare(self, batch: dict, rng: jax.Array) -> dict:
+        """Batch arrays -> {"inputs", "targets", "weights", ...} for `loss_sums` (on device, inside the step)."""
+        raise NotImplementedError
+
+    def scores(self, model, hidden_BxTxD: jax.Array, ex: dict) -> jax.Array:
+        """Logits [..., C] at the predicted slots of `ex` (aligned with ex["targets"])."""
+        raise NotImplementedError
+
+    def head_logits(self, model, hidden_xD: jax.Array) -> jax.Array:
+        """This objective's vocabulary head at every given position (import parity, fill-mask)."""
+        return model.mlm_logits(hidden_xD) if self.head == "mlm" else model.logits(hidden_xD)
+
+    def loss_sums(self, model, ex: dict, *, rng: jax.Array | None) -> tuple[jax.Array, dict]:
+        """Summed cross-entropy over weighted predictions, plus sums for accuracy and the MoE auxiliary loss."""
+        hidden_BxTxD, aux, _ = model(ex["inputs"], causal=self.causal, positions_BxT=ex.get("positions"),
+                                     segment_ids_BxT=ex.get("segment_ids"), rng=rng)
+        logits = self.scores(model, hidden_BxTxD, ex).astype(jnp.float32)
+        xent = optax.softmax_cross_entropy_with_integer_labels(logits, ex["targets"])
+        w = ex["weights"]
+        # "target logit is the max" reuses the max that the log-softmax computes (an argmax would be a second
+        # pass over [B, T, V]: ~5% of a small CLM step); ties count as correct.
+        target_logit = jnp.take_along_axis(logits, ex["targets"][..., None], axis=-1)[..., 0]
+        correct = (target_logit >= logits.max(-1)).astype(jnp.float32)
+        return jnp.sum(xent * w), {"correct": jnp.sum(correct * w), "n_tokens": jnp.sum(w), "aux": aux}
+
+    def require(self, ability: str, where: str) -> None:
+        """One sentence, naming a command that works for this run, when it cannot do `ability`."""
+        if ability in self.abilities:
+            return
+        needs = {"sample": "a decoder run (objective.kind=clm)", "fill-mask": "an encoder run (objective.kind=mlm)"}
+        can = [ABILITY_COMMANDS[a] for a in sorted(self.abilities)] or ["jaxformer eval"]
+        raise UserError(f"{where} holds a {self.family} run with objective.kind={self.kind}: {ability} needs "
+                        f"{needs.get(ability, 'another kind of run')}; use {' or '.join(can)} with this one.")

@@ -1,0 +1,36 @@
+"""CLM (decoder): predict token t+1 from tokens <= t; every real position carries loss; causal attention."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxformer.data.tokenizers import PAD
+from jaxformer.objectives.base import Objective
+
+
+class CausalLM(Objective):
+    kind = "clm"
+    head = "lm"
+    abilities = frozenset({"sample"})
+
+    @property
+    def causal(self) -> bool:
+        return True
+
+    def prepare(self, batch: dict, rng: jax.Array) -> dict:
+        """Windows `tokens` [B, T+1] (+ packing `segment_ids`, `positions`) -> inputs/targets [B, T]."""
+        tokens = batch["tokens"]
+        ex = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+        weights = tokens[:, 1:] != PAD
+        if "segment_ids" in batch:  # never predict across a document boundary
+            seg = batch["segment_ids"]
+            weights &= (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)
+        ex["weights"] = weights.astype(jnp.float32)
+        for key in ("segment_ids", "positions"):
+            if key in batch:
+                ex[key] = batch[key][:, :-1]
+        return ex
+
+    def scores(self, model, hidden_BxTxD, ex):
+        return model.logits(hidden_BxTxD)
