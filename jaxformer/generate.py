@@ -114,10 +114,10 @@ def left_pad(rows: list[np.ndarray], width: int, pad_id: int) -> tuple[np.ndarra
     return tokens_BxT, positions_BxT
 
 
-def _trim(out_BxN: np.ndarray, eos_id: int | None) -> list[list[int]]:
+def _trim(out_BxR: np.ndarray, eos_id: int | None) -> list[list[int]]:
     """Per row: the new tokens up to and including the first EOS."""
     result = []
-    for row in out_BxN.tolist():
+    for row in out_BxR.tolist():
         if eos_id is not None and eos_id in row:
             row = row[: row.index(eos_id) + 1]
         result.append(row)
@@ -144,7 +144,7 @@ def _decode(graphdef, params, cache, first_B, lengths_B, key, temperature, top_k
             max_new_tokens: int, greedy: bool, filtered: bool):
     """One token per iteration through the cache, until max_new_tokens or every row has emitted EOS."""
     model = nnx.merge(graphdef, params)
-    out_BxN = jnp.full((first_B.shape[0], max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first_B)
+    out_BxR = jnp.full((first_B.shape[0], max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first_B)
     done_B = first_B == eos_id
 
     def cond(state):
@@ -152,17 +152,17 @@ def _decode(graphdef, params, cache, first_B, lengths_B, key, temperature, top_k
         return (i < max_new_tokens) & ~jnp.all(done_B)
 
     def body(state):
-        i, token_B, done_B, cache, out_BxN = state
+        i, token_B, done_B, cache, out_BxR = state
         # The token emitted at step i-1 sits at position len + i - 1.
         positions_Bx1 = (lengths_B + i - 1)[:, None]
         h_Bx1xD, _, cache = model(token_B[:, None], causal=True, positions_BxT=positions_Bx1, cache=cache)
         next_B = sample_logits(model.logits(h_Bx1xD[:, 0]), jax.random.fold_in(key, i), temperature, top_k,
                                top_p, greedy=greedy, filtered=filtered)
         next_B = jnp.where(done_B, pad_id, next_B)
-        out_BxN = jax.lax.dynamic_update_slice(out_BxN, next_B[:, None], (0, i))
-        return i + 1, next_B, done_B | (next_B == eos_id), cache, out_BxN
+        out_BxR = jax.lax.dynamic_update_slice(out_BxR, next_B[:, None], (0, i))
+        return i + 1, next_B, done_B | (next_B == eos_id), cache, out_BxR
 
-    state = (jnp.int32(1), first_B, done_B, cache, out_BxN)
+    state = (jnp.int32(1), first_B, done_B, cache, out_BxR)
     return jax.lax.while_loop(cond, body, state)[-1]
 
 
@@ -195,10 +195,10 @@ def generate(graphdef, params, prompts: Sequence[np.ndarray | Sequence[int]], *,
     if max_new_tokens == 1:  # nothing left to decode: skip compiling the loop
         return _trim(np.asarray(first_B)[:, None], eos_id)
     lengths_B = jnp.asarray([r.size for r in rows], jnp.int32)
-    out_BxN = _decode(graphdef, params, cache, first_B, lengths_B, key, *knobs,
+    out_BxR = _decode(graphdef, params, cache, first_B, lengths_B, key, *knobs,
                       jnp.int32(-1 if eos_id is None else eos_id), jnp.int32(pad_id),
                       max_new_tokens=max_new_tokens, greedy=greedy, filtered=filtered)
-    return _trim(np.asarray(out_BxN), eos_id)
+    return _trim(np.asarray(out_BxR), eos_id)
 
 
 # ---------------------------------------------------------------------------------------------- reference

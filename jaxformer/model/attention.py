@@ -14,7 +14,7 @@ from jaxformer.config import ModelConfig
 from jaxformer.model.layers import Linear, residual_std
 from jaxformer.model.positions import apply_rope
 
-KVCache = dict  # {"k": [B, S, K, H], "v": [B, S, K, H], "pos": [B, S] int32 (-1 = empty slot)}
+KVCache = dict  # {"k": [B, S, G, H], "v": [B, S, G, H], "pos": [B, S] int32 (-1 = empty slot)}
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> KVCache:
@@ -53,22 +53,22 @@ class Attention(nnx.Module):
     def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, *, causal: bool,
                  segment_ids_BxT: jax.Array | None = None,
                  cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
-        q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = self.q(x_BxTxD), self.k(x_BxTxD), self.v(x_BxTxD)
+        q_BxTxNxH, k_BxTxGxH, v_BxTxGxH = self.q(x_BxTxD), self.k(x_BxTxD), self.v(x_BxTxD)
         if self.positions == "rope":
             q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, self.rope_theta)
-            k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, self.rope_theta)
+            k_BxTxGxH = apply_rope(k_BxTxGxH, positions_BxT, self.rope_theta)
         if cache is not None:
-            out, cache = self._attend_cached(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, positions_BxT, causal, cache)
+            out, cache = self._attend_cached(q_BxTxNxH, k_BxTxGxH, v_BxTxGxH, positions_BxT, causal, cache)
         elif segment_ids_BxT is None:
             # Fast path: no explicit mask, so the cuDNN kernel can apply causal + window itself.
             left = self.window - 1 if self.window else None
             local = None if left is None else (left, 0 if causal else left)
-            out = jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, is_causal=causal,
+            out = jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxGxH, v_BxTxGxH, is_causal=causal,
                                                local_window_size=local)
         else:
             mask = attention_mask(positions_BxT, positions_BxT, causal=causal, window=self.window,
                                   q_seg_BxT=segment_ids_BxT, k_seg_BxS=segment_ids_BxT)
-            out = jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask=mask)
+            out = jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxGxH, v_BxTxGxH, mask=mask)
         return self.o(out), cache
 
     def _attend_cached(self, q, k, v, positions_BxT, causal, cache):
