@@ -5,23 +5,15 @@ refused before anything is written."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from jaxformer import config as config_lib
+from jaxformer.atomic import write_text as write_text_atomic  # the old name, kept for callers
 from jaxformer.errors import UserError
 
 CONFIG_FILE = "config.json"
 # Sections whose change makes the saved checkpoints meaningless (train.* and mesh.* may change on resume).
 _MUST_MATCH = ("model", "objective", "data")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def read_config(workdir: str | Path) -> config_lib.Config:
