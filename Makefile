@@ -3,6 +3,15 @@ PY ?= python3
 WORKDIR ?= runs
 STEPS ?=
 
+# The data root (@data/ paths, named fine-tuning tasks): ../shared/data beside the repository when it exists and
+# JAXFORMER_DATA is not set already; jaxformer itself defaults to ./data.
+REPO_DIR := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))
+ifeq ($(JAXFORMER_DATA),)
+ifneq ($(wildcard $(REPO_DIR)../shared/data/.),)
+export JAXFORMER_DATA := $(abspath $(REPO_DIR)../shared/data)
+endif
+endif
+
 .PHONY: help install install-test test test-fast lint train train-encoder shakespeare params bench clean
 
 help:
@@ -30,7 +39,7 @@ train:  ## the README's main job: the default decoder on the built-in offline co
 train-encoder:  ## the same data and step, as a masked-LM encoder
 	jaxformer train --preset encoder-tiny --workdir $(WORKDIR)/encoder-tiny
 
-shakespeare:  ## nanoGPT's CPU shakespeare_char "baby" run (needs ../shared/data)
+shakespeare:  ## nanoGPT's CPU shakespeare_char "baby" run (needs tinyshakespeare/ under JAXFORMER_DATA)
 	jaxformer train --preset shakespeare-char-cpu --workdir $(WORKDIR)/shakespeare-char-cpu
 
 params:  ## parameter counts of the named presets

@@ -2,8 +2,9 @@
 
     python benchmarks/bench_input.py [--out bench/input.json] [--steps 2000]
 
-Corpus: tiny shakespeare from ../shared/data when present (else the builtin corpus), char tokens for the
-batching shapes; an 8k BPE for the cold/warm tokenize timings, in a throwaway cache directory.
+Corpus: tiny shakespeare from the data root ($JAXFORMER_DATA; `make bench` sets ../shared/data) when present
+(else the builtin corpus), char tokens for the batching shapes; an 8k BPE for the cold/warm tokenize timings,
+in a throwaway cache directory.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ import time
 from pathlib import Path
 
 from jaxformer.config import DataConfig
-from jaxformer.data import batch_at, load_corpus
+from jaxformer.data import batch_at, data_root, load_corpus
 
-REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+SHAKESPEARE = data_root() / "tinyshakespeare" / "input.txt"
 SHAPES = [(16, 128), (12, 64), (64, 256)]  # decoder/encoder-tiny, shakespeare-char-cpu, shakespeare-char
 
 

@@ -70,7 +70,9 @@ class ObjectiveConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "builtin"  # builtin | text:<file|glob|dir> | tfds:<name>[/config][:split]
+    # builtin | text:<file|glob|dir> | tfds:<name>[/config][:split]; a path written @data/<path> is <path> under
+    # the data root ($JAXFORMER_DATA, default ./data)
+    source: str = "builtin"
     tokenizer: str = "char"  # char | byte | bpe | unigram
     vocab_size: int = 8192  # for bpe / unigram
     valid_fraction: float = 0.1  # the last fraction of the corpus is the validation split
@@ -141,8 +143,8 @@ def _preset(**sections: dict) -> Config:
 _TINY_MODEL = dict(n_layer=4, d_model=128, n_heads=4, dropout=0.0)
 _TINY_TRAIN = dict(steps=400, batch_size=16, seq_len=128, log_every=20, eval_every=200, checkpoint_every=200)
 
-# nanoGPT's shakespeare_char settings (paths relative to the repository root, where ../shared sits beside it).
-_SHAKESPEARE = dict(source="text:../shared/data/tinyshakespeare/input.txt", tokenizer="char")
+# nanoGPT's shakespeare_char settings; @data/ is the data root ($JAXFORMER_DATA, see jaxformer/data/root.py).
+_SHAKESPEARE = dict(source="text:@data/tinyshakespeare/input.txt", tokenizer="char")
 _NANOGPT_TRAIN = dict(log_every=50, eval_every=250, eval_batches=20, checkpoint_every=1000)
 _NANOGPT_OPT = dict(lr=1e-3, warmup_steps=100, min_lr_ratio=0.1, b2=0.99, weight_decay=0.1)
 

@@ -21,20 +21,24 @@ checkpointing and loop (`trainer.fit`) as pretraining. Only the batches differ: 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import replace
-from functools import lru_cache
 from pathlib import Path
 
 import jax
-import numpy as np
 
+from jaxformer import atomic, objectives, parallel, rundir, train, trainer
 from jaxformer import config as config_lib
-from jaxformer import objectives, parallel, rundir, train, trainer
 from jaxformer.config import Config, MeshConfig, ObjectiveConfig
-from jaxformer.data.batching import global_batch, local_rows
-from jaxformer.data.classification import load_task
-from jaxformer.data.tokenizers import CLS, EOS, PAD, SEP, Tokenizer, load_tokenizer
+from jaxformer.data.batching import global_batch
+from jaxformer.data.classification_batches import (
+    classification_batch_at,
+    classification_eval_batches,
+    encode_examples,
+    n_classes_of,
+    task_splits,
+)
+from jaxformer.data.root import is_data_path
+from jaxformer.data.tokenizers import load_tokenizer
 from jaxformer.errors import UserError
 from jaxformer.run import Run, open_run
 
@@ -44,83 +48,7 @@ DEFAULTS = {"train.steps": 500, "train.batch_size": 32, "train.log_every": 25, "
             "optimizer.weight_decay": 0.01}
 # Set from the pretrained run and the task, never by --set.
 FIXED_KEYS = ("objective.kind", "objective.task", "objective.causal", "objective.n_classes", "data.")
-HOLDOUT_SEED = 1234  # a .tsv/.jsonl task holds out the last HOLDOUT_FRACTION of this permutation as dev
-HOLDOUT_FRACTION = 0.1
 PRETRAINED_FILE = "pretrained.json"  # where the fine-tuning run started from
-
-
-# ---------------------------------------------------------------------------------------------- data
-
-def task_splits(task: str) -> tuple[tuple[list[str], np.ndarray], tuple[list[str], np.ndarray]]:
-    """((train texts, labels), (dev texts, labels)) of a named task or a .tsv/.jsonl file."""
-    texts, labels = load_task(task, "train")
-    if Path(task).suffix not in (".tsv", ".jsonl", ".json"):
-        return (texts, labels), load_task(task, "dev")
-    order = np.random.default_rng(HOLDOUT_SEED).permutation(len(texts))  # a file has no splits: hold out dev
-    n_dev = int(round(len(texts) * HOLDOUT_FRACTION))
-    if n_dev < 1 or n_dev == len(texts):
-        raise UserError(f"Task file {task} has {len(texts)} rows, too few to hold out a dev split: add rows.")
-    cut = len(texts) - n_dev
-    return ([texts[i] for i in order[:cut]], labels[order[:cut]]), ([texts[i] for i in order[cut:]], labels[order[cut:]])
-
-
-def n_classes_of(task: str, train_labels: np.ndarray, dev_labels: np.ndarray) -> int:
-    """The number of classes; refuses labels that are not the integers 0..n-1 (n >= 2) in the training split."""
-    present = np.unique(train_labels)
-    n = int(present.max()) + 1 if len(present) else 0
-    if len(present) < 2 or present.min() != 0 or len(present) != n:
-        raise UserError(f"Task {task} has training labels {present.tolist()[:10]}: classification needs the "
-                        f"integers 0..n-1 with n >= 2, each present in the training split; renumber the labels.")
-    if len(dev_labels) == 0 or dev_labels.min() < 0 or dev_labels.max() >= n:
-        raise UserError(f"Task {task} has dev labels outside 0..{n - 1} (or no dev rows): fix the dev split.")
-    return n
-
-
-def encode(texts: list[str], tokenizer: Tokenizer, seq_len: int, *, causal: bool) -> np.ndarray:
-    """int32 [N, seq_len]: `[CLS] text [SEP]` (encoder) or `text [EOS]` (decoder), text truncated to fit,
-    right-padded with PAD."""
-    out = np.full((len(texts), seq_len), PAD, np.int32)
-    room = seq_len - (1 if causal else 2)
-    if room < 1:
-        raise UserError(f"train.seq_len={seq_len} leaves no room for text next to the special tokens: raise it.")
-    for i, text in enumerate(texts):
-        ids = tokenizer.encode(text)[:room]
-        row = np.concatenate([ids, [EOS]]) if causal else np.concatenate([[CLS], ids, [SEP]])
-        out[i, :len(row)] = row
-    return out
-
-
-@lru_cache(maxsize=4)
-def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def batch_at(tokens: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int, step: int,
-             process_index: int = 0, process_count: int = 1) -> dict:
-    """This process's rows of the global training batch at (seed, step): examples step*B .. step*B+B-1 of the
-    stream that visits the training set in a fresh seeded permutation each epoch (so each epoch sees every
-    example once, and the batch depends on (seed, step) only)."""
-    n = len(labels)
-    index = np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.int64)
-    epochs = index // n
-    chosen = np.empty(batch_size, np.int64)
-    for epoch in np.unique(epochs):
-        sel = epochs == epoch
-        chosen[sel] = _epoch_order(seed, int(epoch), n)[index[sel] % n]
-    chosen = chosen[local_rows(batch_size, process_index, process_count)]
-    return {"tokens": tokens[chosen], "labels": labels[chosen].astype(np.int32)}
-
-
-def eval_batches(tokens: np.ndarray, labels: np.ndarray, batch_size: int, *, process_index: int = 0,
-                 process_count: int = 1) -> list[dict]:
-    """The whole split in order, in full-size batches: the last is padded with PAD rows labelled -1 (weight 0)."""
-    n_batches = math.ceil(len(labels) / batch_size)
-    pad = n_batches * batch_size - len(labels)
-    tokens = np.concatenate([tokens, np.full((pad, tokens.shape[1]), PAD, np.int32)])
-    labels = np.concatenate([labels.astype(np.int32), np.full(pad, -1, np.int32)])
-    rows = local_rows(batch_size, process_index, process_count)
-    return [{"tokens": tokens[i * batch_size:(i + 1) * batch_size][rows],
-             "labels": labels[i * batch_size:(i + 1) * batch_size][rows]} for i in range(n_batches)]
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -205,11 +133,12 @@ def finetune(workdir: str | Path, task: str, out: str | Path, overrides: list[st
                         f"a run that saved one.")
     (train_texts, train_labels), (dev_texts, dev_labels) = task_splits(task)
     n_classes = n_classes_of(task, train_labels, dev_labels)
-    task_id = str(Path(task).absolute()) if Path(task).suffix in (".tsv", ".jsonl", ".json") else task
+    is_file = Path(task).suffix in (".tsv", ".jsonl", ".json") and not is_data_path(task)  # @data/ stays portable
+    task_id = str(Path(task).absolute()) if is_file else task
     cfg = finetune_config(pretrained, task_id, n_classes, list(overrides))
     check_backbone(pretrained, cfg, workdir)
     causal, seq_len = cfg.objective.causal, cfg.train.seq_len
-    train_x, dev_x = (encode(t, tokenizer, seq_len, causal=causal) for t in (train_texts, dev_texts))
+    train_x, dev_x = (encode_examples(t, tokenizer, seq_len, causal=causal) for t in (train_texts, dev_texts))
 
     with rundir.WorkdirLock(out, enabled=jax.process_index() == 0):
         run = open_run(out, cfg, tokenizer=tokenizer)
@@ -218,17 +147,17 @@ def finetune(workdir: str | Path, task: str, out: str | Path, overrides: list[st
             if jax.process_index() == 0:
                 origin = {"workdir": str(workdir.absolute()), "step": pretrained_step,
                           "objective": pretrained.objective.kind}
-                rundir.write_text_atomic(out / PRETRAINED_FILE, json.dumps(origin) + "\n")
+                atomic.write_text(out / PRETRAINED_FILE, json.dumps(origin) + "\n")
         run.write_run_files()
         t = run.cfg.train
         procs = {"process_index": jax.process_index(), "process_count": jax.process_count()}
-        dev_batches = eval_batches(dev_x, dev_labels, t.batch_size, **procs)
+        dev_batches = classification_eval_batches(dev_x, dev_labels, t.batch_size, **procs)
         sharding = parallel.batch_sharding(run.mesh, ndim=1)
         eval_fn = train.compile_eval_step(run.shardings, run.mesh)
         result = trainer.fit(
             run, show_progress=show_progress, stop_after=stop_after,
-            batch_at=lambda step: global_batch(
-                batch_at(train_x, train_labels, batch_size=t.batch_size, seed=t.seed, step=step, **procs), sharding),
+            batch_at=lambda step: global_batch(classification_batch_at(
+                train_x, train_labels, batch_size=t.batch_size, seed=t.seed, step=step, **procs), sharding),
             evaluate_state=lambda state: evaluate(replace(run, state=state), dev_batches, eval_fn))
     origin = json.loads((out / PRETRAINED_FILE).read_text()) if (out / PRETRAINED_FILE).exists() else {}
     summary = {"task": task, "backbone": "decoder" if causal else "encoder", "pooling": cfg.objective.pooling,

@@ -7,8 +7,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from jaxformer import atomic
 from jaxformer import metrics as metrics_lib
-from jaxformer.rundir import write_text_atomic
 
 SAMPLE_PROMPT = "\n"
 
@@ -42,6 +42,6 @@ def print_training_summary(workdir: str | Path, result: dict, *, sample_tokens: 
     new = generate.generate(run.state.graphdef, run.state.params, [prompt_ids], max_new_tokens=budget,
                             temperature=0.8, top_k=0, top_p=1.0, seed=0, eos_id=EOS)[0]
     text = tokenizer.decode(new)
-    write_text_atomic(Path(workdir) / "samples.txt", f"step {result['step']}:\n{text}\n")
+    atomic.write_text(Path(workdir) / "samples.txt", f"step {result['step']}:\n{text}\n")
     console.rule(f"sample at step {result['step']} (temperature 0.8)")
     console.print(text, markup=False, highlight=False)

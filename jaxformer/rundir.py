@@ -12,10 +12,10 @@ import fcntl
 import json
 import os
 import socket
-import tempfile
 from pathlib import Path
 
 from jaxformer import config as config_lib
+from jaxformer.atomic import write_text as write_text_atomic  # the old name, kept for callers
 from jaxformer.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -23,13 +23,6 @@ LOCK_FILE = ".lock"
 # Keys that may differ between the saved config and a resuming command; every other key must match.
 MAY_CHANGE_ON_RESUME = ("train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
                         "train.keep_checkpoints", "train.on_nonfinite", "mesh.", "data.cache_dir")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def read_config(workdir: str | Path) -> config_lib.Config:

@@ -1,15 +1,28 @@
-"""`jaxformer bench`: the bench/results.json contract (fields, sane values) on tiny shapes. No timing thresholds:
-the figures depend on the machine and its load."""
+"""`jaxformer bench` and benchmarks/bench_train.py: the bench/results.json contract (fields, sane values) on tiny
+shapes, and a package that never imports PyTorch. No timing thresholds: the figures depend on the machine."""
 
+import importlib.util
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from jaxformer import bench
 from jaxformer.cli import main
 
+REPO = Path(__file__).resolve().parents[1]
 CONTRACT = ("impl", "objective", "config", "tokens_per_s_median", "compile_s", "peak_rss_mb", "mfu")
 TINY = ["--quick", "--batch-size", "2", "--seq-len", "32", "--vocab", "256", "--steps", "2", "--warmup", "1"]
+
+
+def _bench_train():
+    """benchmarks/bench_train.py as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("bench_train", REPO / "benchmarks" / "bench_train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _check_run(run: dict) -> None:
@@ -23,13 +36,15 @@ def _check_run(run: dict) -> None:
 
 def test_quick_bench_writes_the_contract_json(tmp_path):
     out = tmp_path / "bench" / "results.json"
-    assert main(["bench", *TINY, "--objectives", "mlm", "--no-peers", "--out", str(out)]) == 0
+    assert main(["bench", *TINY, "--objectives", "mlm", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     (run,) = data["runs"]
     _check_run(run)
     assert run["impl"] == "jaxformer" and run["compile_s"] > 0
     # MLM predicts only the masked fraction: fewer model FLOPs than a head on every position.
     assert run["flops_per_token"] < run["flops_per_token_all_positions"]
+    assert run["mfu"] == pytest.approx(run["flops_per_token"] * run["tokens_per_s_median"]
+                                       / (run["roofline_gflops"] * 1e9))
     assert data["errors"] == [] and data["machine"]["versions"]["jax"]
     assert data["seq_len"] == 32 and data["quick"] is True
 
@@ -43,14 +58,32 @@ def test_bad_option_exits_2(tmp_path, capsys):
 def test_peer_token_ids_match_the_tokenizers():
     from jaxformer.data.tokenizers import MASK, N_SPECIAL
 
-    assert (bench.MASK, bench.N_SPECIAL) == (MASK, N_SPECIAL)
+    bench_train = _bench_train()
+    assert (bench_train.MASK, bench_train.N_SPECIAL) == (MASK, N_SPECIAL)
+
+
+def test_no_jaxformer_module_imports_torch():
+    """Import every module of the package in a fresh interpreter: neither torch nor transformers gets loaded."""
+    code = ("import pkgutil, importlib, sys, jaxformer\n"
+            "names = [m.name for m in pkgutil.walk_packages(jaxformer.__path__, 'jaxformer.')]\n"
+            "for name in names:\n"
+            "    importlib.import_module(name)\n"
+            "assert jaxformer.__file__.startswith(sys.argv[1]), jaxformer.__file__\n"
+            "print(len(names), sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", code, str(REPO)], capture_output=True, text=True, timeout=300,
+                          cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    n_modules, loaded = proc.stdout.split(maxsplit=1)
+    assert int(n_modules) > 20 and loaded.strip() == "[]"
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not bench.peers_available(), reason="the PyTorch peers need torch and transformers")
+@pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("torch", "transformers")),
+                    reason="the PyTorch peers need torch and transformers")
 def test_peer_runs_have_the_same_fields(tmp_path):
     out = tmp_path / "results.json"
-    assert main(["bench", *TINY, "--objectives", "clm", "--peers", "--out", str(out)]) == 0
+    assert _bench_train().main([*TINY, "--objectives", "clm", "--peers", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     assert [r["impl"] for r in data["runs"]] == ["jaxformer", "hf-torch"]
     for run in data["runs"]:

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 
 from jaxformer.config import DataConfig
-from jaxformer.data import pipeline, token_cache
+from jaxformer.data import data_root, pipeline, token_cache
 from jaxformer.data.tokenizers import EOS, load_tokenizer
 from jaxformer.errors import UserError
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
+SHAKESPEARE = data_root() / "tinyshakespeare" / "input.txt"  # conftest.py sets the data root
 
 
 def _cfg(tmp_path: Path, **kw) -> DataConfig:
@@ -67,7 +66,7 @@ def test_tokens_are_memmapped_documents_joined_by_eos(tmp_path):
     assert len(corpus.train) == int(n * 0.75) and len(corpus.train) + len(corpus.valid) == n
 
 
-@pytest.mark.skipif(not SHAKESPEARE.exists(), reason="../shared/data/tinyshakespeare is not on this machine")
+@pytest.mark.skipif(not SHAKESPEARE.exists(), reason=f"{SHAKESPEARE} is not on this machine")
 def test_tiny_shakespeare_char_split_is_nanogpts(tmp_path):
     corpus = pipeline.load_corpus(_cfg(tmp_path, source=f"text:{SHAKESPEARE}", tokenizer="char"),
                                   tmp_path / "run", show_progress=False)

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from jaxformer.data import sources
+from jaxformer.data import data_root, documents, sources
 from jaxformer.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
+SHAKESPEARE = data_root() / "tinyshakespeare" / "input.txt"  # conftest.py sets the data root
 HAS_TF = all(importlib.util.find_spec(m) is not None for m in ("tensorflow", "importlib_resources"))
 
 
@@ -84,7 +83,7 @@ def test_split_tfds_spec():
     assert sources.split_tfds_spec("wikipedia/20230601.en:train[:1%]") == ("wikipedia/20230601.en", "train[:1%]")
     assert sources.split_tfds_spec("glue/sst2") == ("glue/sst2", None)
     assert sources.split_tfds_spec("./corpus/a.txt:train") == ("./corpus/a.txt", "train")
-    assert sources.split_names("train+validation[:5%]") == ["train", "validation"]
+    assert documents.split_names("train+validation[:5%]") == ["train", "validation"]
 
 
 LOCAL_TFDS_CHECK = textwrap.dedent("""
@@ -158,7 +157,7 @@ def test_unreachable_host_probe_returns_quickly():
 
 
 @pytest.mark.skipif(not HAS_TF, reason="TensorFlow (the 'tf' extra) is not installed: catalog builders need it")
-@pytest.mark.skipif(not SHAKESPEARE.exists(), reason="../shared/data/tinyshakespeare is not on this machine")
+@pytest.mark.skipif(not SHAKESPEARE.exists(), reason=f"{SHAKESPEARE} is not on this machine")
 def test_catalog_tiny_shakespeare_prepares_offline_from_the_local_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
     monkeypatch.setenv("JAXFORMER_TFDS_MANUAL_DIR", str(SHAKESPEARE.parent))  # holds input.txt, as tfds names it
@@ -188,3 +187,69 @@ def test_prepared_array_record_dataset_is_read_without_preparing(tmp_path, monke
     assert list(src.documents()) == ["alpha", "beta"] and src.n_documents == 2
     with pytest.raises(UserError, match="no split 'test'"):
         _open("tfds:jaxformer_text:test", tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- the data root
+
+def test_preset_data_path_resolves_under_the_data_root(tmp_path, monkeypatch):
+    from jaxformer.config import get_preset
+
+    spec = get_preset("shakespeare-char-cpu").data.source
+    assert spec == "text:@data/tinyshakespeare/input.txt"
+    root = tmp_path / "elsewhere"
+    (root / "tinyshakespeare").mkdir(parents=True)
+    (root / "tinyshakespeare" / "input.txt").write_text("First Citizen:\nBefore we proceed any further")
+    monkeypatch.setenv("JAXFORMER_DATA", str(root))
+    assert list(_open(spec, tmp_path).documents()) == ["First Citizen:\nBefore we proceed any further"]
+    assert sources.split_tfds_spec("@data/corpus:train") == ("@data/corpus", "train")
+    assert sources._looks_like_path("@data/corpus")  # tfds:@data/... is a local corpus, not a catalog name
+
+
+def test_data_root_defaults_to_data_in_the_current_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv("JAXFORMER_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert data_root() == tmp_path / "data"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.txt").write_text("here")
+    assert list(_open("text:@data/a.txt", tmp_path).documents()) == ["here"]
+
+
+def test_missing_data_root_or_file_names_the_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXFORMER_DATA", str(tmp_path / "absent"))
+    with pytest.raises(UserError, match=r"^tinyshakespeare/input.txt is not under the data root .*absent, which "
+                                        r"does not exist \(set JAXFORMER_DATA to"):
+        _open("text:@data/tinyshakespeare/input.txt", tmp_path)
+    monkeypatch.setenv("JAXFORMER_DATA", str(tmp_path))
+    with pytest.raises(UserError, match=r"^nothing/\*.txt is not under the data root .* \(set JAXFORMER_DATA"):
+        _open("text:@data/nothing/*.txt", tmp_path)
+
+
+def test_data_modules_import_without_cycles():
+    """No module of jaxformer/data imports (at any depth, lazily or not) a module that imports it back."""
+    import ast
+
+    package = REPO / "jaxformer" / "data"
+    names = {p.stem for p in package.glob("*.py") if p.stem != "__init__"}
+    graph: dict[str, set[str]] = {}
+    for name in names:
+        edges = set()
+        for node in ast.walk(ast.parse((package / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "jaxformer.data":
+                edges |= {a.name for a in node.names if a.name in names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("jaxformer.data."):
+                edges.add(node.module.split(".")[2])
+            elif isinstance(node, ast.Import):
+                edges |= {a.name.split(".")[2] for a in node.names if a.name.startswith("jaxformer.data.")}
+        graph[name] = edges & names
+
+    def reachable(start: str) -> set[str]:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            node = todo.pop()
+            if node not in seen:
+                seen.add(node)
+                todo += graph[node]
+        return seen
+
+    assert graph["sources"] >= {"documents", "tfds_local", "tfds_catalog"}  # the walk sees lazy imports too
+    assert [name for name in sorted(names) if name in reachable(name)] == []

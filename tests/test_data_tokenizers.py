@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from jaxformer.config import DataConfig
+from jaxformer.data import data_root
 from jaxformer.data import tokenizers as T
 from jaxformer.data.sources import builtin_documents
 from jaxformer.errors import UserError
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
+SHAKESPEARE = data_root() / "tinyshakespeare" / "input.txt"  # conftest.py sets the data root
 TRAIN_CHARS = 300_000  # enough for every tokenizer kind, small enough to train unigram in about a second
 
 
 @pytest.fixture(scope="module")
 def real_text() -> str:
-    """Tiny shakespeare when ../shared/data is there, else the interpreter's bundled docs (always there)."""
+    """Tiny shakespeare when the data root holds it, else the interpreter's bundled docs (always there)."""
     if SHAKESPEARE.exists():
         return SHAKESPEARE.read_text()
     return "\n".join(builtin_documents())
@@ -102,14 +99,16 @@ def test_training_is_deterministic(real_text):
     assert a.fingerprint == b.fingerprint
 
 
-def test_build_tokenizer_reuses_workdir_and_refuses_another_kind(real_text, tmp_path):
-    cfg = DataConfig(tokenizer="char")
-    tok = T.build_tokenizer(cfg, real_text[:10_000], tmp_path)
+def test_saved_tokenizer_is_reloaded_and_another_kind_refused(real_text, tmp_path):
+    tok = T.train_tokenizer("char", real_text[:10_000], 0)
+    tok.save(tmp_path)
     assert (tmp_path / T.TOKENIZER_DIR / "tokenizer.json").exists()
-    # a different training text must not matter on resume: the saved tokenizer wins
-    assert T.build_tokenizer(cfg, "zzz", tmp_path).fingerprint == tok.fingerprint
+    assert not list((tmp_path / T.TOKENIZER_DIR).glob(".*"))  # atomic writes leave no temp file behind
+    loaded = T.load_tokenizer(tmp_path)
+    assert loaded.fingerprint == tok.fingerprint
+    T.check_kind(loaded, "char", tmp_path)
     with pytest.raises(UserError, match="different tokenizer"):
-        T.build_tokenizer(DataConfig(tokenizer="bpe"), real_text[:10_000], tmp_path)
+        T.check_kind(loaded, "bpe", tmp_path)
 
 
 def test_corrupt_saved_tokenizer_is_a_user_error(trained, tmp_path):

@@ -143,31 +143,6 @@ def test_pooling_picks_the_right_positions(causal):
         np.testing.assert_allclose(pooled_long, pooled, rtol=1e-4, atol=1e-5)
 
 
-def test_inputs_batches_and_epochs():
-    from jaxformer.data.tokenizers import CharTokenizer
-
-    tok = CharTokenizer("abc ")
-    enc = finetune.encode(["ab", "abcabc"], tok, 5, causal=False)
-    np.testing.assert_array_equal(enc[0], [CLS, *tok.encode("ab"), SEP, PAD])
-    np.testing.assert_array_equal(enc[1], [CLS, *tok.encode("abc"), SEP])  # truncated to fit the specials
-    dec = finetune.encode(["ab"], tok, 5, causal=True)
-    np.testing.assert_array_equal(dec[0], [*tok.encode("ab"), EOS, PAD, PAD])
-
-    n, b = 10, 4
-    tokens, labels = np.arange(n, dtype=np.int32)[:, None], np.arange(n) % 2
-    first = [finetune.batch_at(tokens, labels, batch_size=b, seed=3, step=s)["tokens"][:, 0] for s in range(5)]
-    again = finetune.batch_at(tokens, labels, batch_size=b, seed=3, step=2)["tokens"][:, 0]
-    np.testing.assert_array_equal(first[2], again)  # addressed by (seed, step) only
-    stream = np.concatenate(first)
-    assert sorted(stream[:n]) == list(range(n)) and sorted(stream[n:2 * n]) == list(range(n))  # each epoch once
-    assert not np.array_equal(stream[:n], stream[n:2 * n])  # a fresh order per epoch
-    halves = [finetune.batch_at(tokens, labels, batch_size=b, seed=3, step=1, process_index=p, process_count=2)
-              for p in range(2)]
-    np.testing.assert_array_equal(np.concatenate([h["tokens"][:, 0] for h in halves]), first[1])
-    ev = finetune.eval_batches(tokens, labels, 4)
-    assert len(ev) == 3 and list(ev[-1]["labels"]) == [0, 1, -1, -1]  # padding rows carry label -1
-
-
 def test_interrupted_finetune_resumes_exactly(pretrained, toy_task, tmp_path):
     args = (pretrained["decoder"], str(toy_task))
     settings = FAST + ["train.steps=4", "train.checkpoint_every=2"]
@@ -188,6 +163,21 @@ def test_real_task_feeds_the_pipeline(pretrained, shared_data, tmp_path):
                                show_progress=False)
     assert (result["n_train"], result["n_dev"], result["step"]) == (9596, 1066, 3)
     assert 0.0 <= result["dev_accuracy"] <= 1.0 and np.isfinite(result["dev_loss"])
+
+
+def test_task_under_the_data_root_is_recorded_as_written(pretrained, toy_task, tmp_path, monkeypatch):
+    """`@data/...` stays in the run's config (portable), and the run resumes under another data root."""
+    for root in ("one", "two"):
+        (tmp_path / root / "tasks").mkdir(parents=True)
+        (tmp_path / root / "tasks" / "zebra.jsonl").write_bytes(toy_task.read_bytes())
+    monkeypatch.setenv("JAXFORMER_DATA", str(tmp_path / "one"))
+    args = (pretrained["encoder"], "@data/tasks/zebra.jsonl", tmp_path / "out")
+    first = finetune.finetune(*args, FAST + ["train.steps=2"], show_progress=False, stop_after=1)
+    assert first["n_train"] == 540
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["objective"]["task"] == "@data/tasks/zebra.jsonl"
+    monkeypatch.setenv("JAXFORMER_DATA", str(tmp_path / "two"))
+    assert finetune.finetune(*args, FAST + ["train.steps=2"], show_progress=False)["step"] == 2
 
 
 def test_cli_finetune_end_to_end_and_refusals(pretrained, toy_task, tmp_path, capsys):

@@ -1,5 +1,8 @@
 """Data: tokenizers, sources (builtin / text / TFDS), the on-disk token cache, and (seed, step) batching.
 
+Named data sets live under one data root, `data_root()`: $JAXFORMER_DATA, default ./data; configs write
+`@data/<path>` for a path under it (see root.py).
+
     corpus = load_corpus(cfg.data, workdir)                      # tokenize once, memmap thereafter
     batch = batch_at(corpus.train, batch_size=B, seq_len=T, seed=s, step=i,
                      process_index=jax.process_index(), process_count=jax.process_count())
@@ -8,6 +11,7 @@
 
 from jaxformer.data.batching import batch_at, eval_batches, global_batch, packing_arrays, window_starts
 from jaxformer.data.pipeline import Corpus, load_corpus
+from jaxformer.data.root import data_root
 from jaxformer.data.tokenizers import (
     BOS,
     CLS,
@@ -22,13 +26,12 @@ from jaxformer.data.tokenizers import (
     CharTokenizer,
     SentencePieceTokenizer,
     Tokenizer,
-    build_tokenizer,
     load_tokenizer,
 )
 
 __all__ = [
     "BOS", "CLS", "EOS", "MASK", "N_SPECIAL", "PAD", "SEP", "SPECIAL_TOKENS", "UNK",
     "ByteTokenizer", "CharTokenizer", "Corpus", "SentencePieceTokenizer", "Tokenizer",
-    "batch_at", "build_tokenizer", "eval_batches", "global_batch", "load_corpus", "load_tokenizer",
+    "batch_at", "data_root", "eval_batches", "global_batch", "load_corpus", "load_tokenizer",
     "packing_arrays", "window_starts",
 ]

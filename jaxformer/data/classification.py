@@ -1,22 +1,23 @@
 """Sentence-classification tasks for fine-tuning: (texts, labels) per split.
 
-    load_task("sst2", "train" | "dev"/"valid"/"validation")      GLUE SST-2 TSV (../shared/data/sst-2-glue)
+    load_task("sst2", "train" | "dev"/"valid"/"validation")      GLUE SST-2 TSV (<data root>/sst-2-glue)
     load_task("rt-polarity", "train" | "dev")                    sentence polarity v1.0, seeded 90/10 split
     load_task("path/to/file.tsv" | "path/to/file.jsonl", split)  generic: all rows, whatever the split
+                                                                 (`@data/<path>` is <path> under the data root)
 
-Named tasks are looked up in $JAXFORMER_DATA_DIR, else ../shared/data relative to the current directory or to
-the repository root. Labels are int64 class ids; text labels in generic files are mapped to ids in sorted order.
+Named tasks are looked up in the data root (`data_root()`: $JAXFORMER_DATA, default ./data). Labels are int64
+class ids; text labels in generic files are mapped to ids in sorted order.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from jaxformer.data.root import PREFIX, data_root, is_data_path, not_under_root, resolve_data_path
 from jaxformer.errors import UserError
 
 RT_POLARITY_SEED = 1234
@@ -26,25 +27,16 @@ LABEL_COLUMNS = ("label", "labels", "class", "sentiment")
 _SPLIT_ALIASES = {"train": "train", "dev": "dev", "valid": "dev", "validation": "dev", "test": "test"}
 
 
-def shared_data_dir() -> Path:
-    env = os.environ.get("JAXFORMER_DATA_DIR")
-    if env:
-        return Path(env).expanduser()
-    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        candidate = base.parent / "shared" / "data"
-        if candidate.is_dir():
-            return candidate
-    return Path.cwd().parent / "shared" / "data"
-
-
 def load_task(name_or_path: str, split: str) -> tuple[list[str], np.ndarray]:
     if name_or_path in ("sst2", "sst-2", "glue/sst2"):
-        return load_sst2(shared_data_dir() / "sst-2-glue", split)
+        return load_sst2(data_root() / "sst-2-glue", split)
     if name_or_path in ("rt-polarity", "rt_polarity", "mr"):
-        return load_rt_polarity(shared_data_dir() / "rt-polarity", split)
-    path = Path(name_or_path).expanduser()
+        return load_rt_polarity(data_root() / "rt-polarity", split)
+    path = resolve_data_path(name_or_path)
     if path.suffix in (".tsv", ".jsonl", ".json") and path.is_file():
         return load_jsonl(path) if path.suffix in (".jsonl", ".json") else load_tsv(path)
+    if path.suffix in (".tsv", ".jsonl", ".json") and is_data_path(name_or_path):
+        raise UserError(not_under_root(name_or_path[len(PREFIX):]))
     if path.suffix in (".tsv", ".jsonl", ".json"):
         raise UserError(f"Task file {path} does not exist: check the path given to --task.")
     raise UserError(f"Unknown task '{name_or_path}': use sst2, rt-polarity, or a path to a .tsv/.jsonl file "
@@ -59,9 +51,11 @@ def _canonical_split(split: str, allowed: tuple[str, ...], task: str) -> str:
 
 
 def _require_dir(folder: Path, task: str) -> None:
-    if not folder.is_dir():
-        raise UserError(f"The {task} data is not at {folder}: set JAXFORMER_DATA_DIR to the folder holding "
-                        f"{folder.name}/, or pass a .tsv/.jsonl file as the task.")
+    if folder.is_dir():
+        return
+    if folder.parent == data_root():
+        raise UserError(not_under_root(f"{folder.name}/ (the {task} data)"))
+    raise UserError(f"The {task} data is not at {folder}: check the folder.")
 
 
 def load_sst2(folder: Path, split: str) -> tuple[list[str], np.ndarray]:
@@ -82,7 +76,7 @@ def load_rt_polarity(folder: Path, split: str) -> tuple[list[str], np.ndarray]:
     for suffix, label in (("neg", 0), ("pos", 1)):
         raw = (folder / f"rt-polarity.{suffix}").read_bytes()
         try:
-            text = raw.decode("utf-8")  # the copy in ../shared/data is UTF-8
+            text = raw.decode("utf-8")  # the copy in the shared data sets is UTF-8
         except UnicodeDecodeError:
             text = raw.decode("latin-1")  # the original Cornell release is Windows-1252 / latin-1
         lines = [line.strip() for line in text.splitlines() if line.strip()]

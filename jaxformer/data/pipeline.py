@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from jaxformer.data import token_cache
-from jaxformer.data.sources import Source, open_source
+from jaxformer.data.documents import Source
+from jaxformer.data.sources import open_source
 from jaxformer.data.tokenizers import EOS, Tokenizer, check_kind, load_tokenizer, train_tokenizer
 from jaxformer.errors import UserError
 
@@ -40,8 +41,6 @@ class Corpus:
     valid: np.ndarray
     tokens: np.ndarray | None = None  # the whole stream (train followed by valid)
     n_documents: int = 0
-    source: str = ""
-    cache_file: Path | None = None  # the .bin behind the memmap
 
     @property
     def vocab_size(self) -> int:
@@ -72,8 +71,7 @@ def load_corpus(data_cfg, workdir: str | os.PathLike | None, *, show_progress: b
         cached = token_cache.read_tokens(root, key)
         assert cached is not None, "token cache entry vanished right after writing it"
     tokens, meta = cached
-    return _split(tokens, data_cfg, tokenizer, source=data_cfg.source, n_documents=int(meta["n_documents"]),
-                  cache_file=root / "tokens" / f"{key}.bin")
+    return _split(tokens, data_cfg, tokenizer, n_documents=int(meta["n_documents"]))
 
 
 def _split(tokens: np.ndarray, data_cfg, tokenizer: Tokenizer, **extra) -> Corpus:

@@ -3,7 +3,8 @@
     builtin                          the interpreter's bundled documentation (pydoc_data): one document per topic,
                                      sorted by topic name; exists offline on any Python
     text:<file|glob|dir>             local UTF-8 text (latin-1 fallback); a dir means every *.txt under it,
-                                     recursively; files are sorted by path and each FILE is one document
+                                     recursively; files are sorted by path and each FILE is one document;
+                                     `@data/<path>` is <path> under the data root ($JAXFORMER_DATA, see root.py)
     tfds:<name>[/config][:split]     a TensorFlow Datasets catalog dataset (needs the `tf` extra to prepare)
     tfds:<path>[:split]              a local file/glob/dir prepared by jaxformer's own TFDS builder into
                                      array_record and read back with tfds.data_source (no TensorFlow)
@@ -18,23 +19,13 @@ keys the token cache together with the tokenizer's fingerprint.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
+from jaxformer.data.documents import Source, read_text_file, resolve_text_files
+from jaxformer.data.root import PREFIX
 from jaxformer.errors import UserError
-
-
-@dataclass(frozen=True)
-class Source:
-    spec: str  # the data.source string it came from
-    identity: str  # content hash: same identity <=> same documents in the same order
-    documents: Callable[[], Iterator[str]]  # a fresh iterator over the documents each call
-    n_documents: int | None = None  # when known up front (progress bars)
-    n_chars: int | None = None  # approximate (file bytes for text files): sizes progress bars only
 
 
 def open_source(spec: str, *, cache_root: Path) -> Source:
@@ -66,34 +57,6 @@ def builtin_source() -> Source:
 
 
 # ---------------------------------------------------------------------------------------------- local text
-
-def resolve_text_files(pattern: str, *, spec: str) -> list[Path]:
-    """A file, a directory (all *.txt below it) or a glob; sorted; UserError when nothing matches."""
-    if not pattern:
-        raise UserError(f"data.source={spec} names no path: write text:<file|glob|dir>.")
-    path = Path(pattern).expanduser()
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
-        if not files:
-            raise UserError(f"The directory {path} (data.source={spec}) holds no *.txt files: point "
-                            f"data.source at a text file or a glob such as text:{path}/*.md.")
-        return files
-    files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
-    if not files:
-        raise UserError(f"No file matches '{pattern}' (data.source={spec}, relative paths start at "
-                        f"{Path.cwd()}): check the path.")
-    return files
-
-
-def read_text_file(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")  # every byte sequence decodes; old corpora are often Windows-1252
-
 
 def text_source(pattern: str, *, spec: str) -> Source:
     files = resolve_text_files(pattern, spec=spec)
@@ -137,13 +100,8 @@ def split_tfds_spec(rest: str) -> tuple[str, str | None]:
     return rest, None
 
 
-def split_names(split: str) -> list[str]:
-    """'train+validation[:5%]' -> ['train', 'validation']."""
-    return [part.split("[")[0] for part in split.split("+")]
-
-
 def _looks_like_path(target: str) -> bool:
-    return (target.startswith(("/", "./", "../", "~")) or Path(target).expanduser().exists()
+    return (target.startswith(("/", "./", "../", "~", PREFIX)) or Path(target).expanduser().exists()
             or any(ch in target for ch in "*?[") or target.endswith(".txt"))
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from unittest import mock
 from urllib.parse import urlparse
 
-from jaxformer.data.sources import Source, split_names
+from jaxformer.data.documents import Source, split_names
 from jaxformer.errors import UserError
 
 TF_EXTRA = "pip install 'jaxformer[tf]'"

@@ -17,7 +17,7 @@ from pathlib import Path
 import tensorflow_datasets as tfds
 from etils import epath
 
-from jaxformer.data.sources import Source, read_text_file, resolve_text_files, split_names
+from jaxformer.data.documents import Source, read_text_file, resolve_text_files, split_names
 from jaxformer.errors import UserError
 
 BUILDER_NAME = "jaxformer_text"

@@ -15,11 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
+
+from jaxformer import atomic
 
 _FLUSH_TOKENS = 1 << 22  # write to disk every ~4M tokens so memory stays flat on large corpora
 
@@ -62,39 +63,19 @@ def write_tokens(root: Path, key: str, chunks: Iterable[np.ndarray], dtype: np.d
     """Stream token chunks into the cache entry `key`, atomically; `meta()` is called after the last chunk
     (so it can report what was counted while tokenizing)."""
     bin_path, meta_path = _paths(root, key)
-    bin_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=bin_path.parent, prefix=f".{key}.", suffix=".bin.tmp")
     n_tokens = 0
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pending: list[np.ndarray] = []
-            n_pending = 0
-            for chunk in chunks:
-                pending.append(chunk)
-                n_pending += len(chunk)
-                if n_pending >= _FLUSH_TOKENS:
-                    f.write(np.concatenate(pending).astype(dtype).tobytes())
-                    n_tokens += n_pending
-                    pending, n_pending = [], 0
-            if pending:
+    with atomic.replacing(bin_path, durable=True) as tmp, open(tmp, "wb") as f:
+        pending: list[np.ndarray] = []
+        n_pending = 0
+        for chunk in chunks:
+            pending.append(chunk)
+            n_pending += len(chunk)
+            if n_pending >= _FLUSH_TOKENS:
                 f.write(np.concatenate(pending).astype(dtype).tobytes())
                 n_tokens += n_pending
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, bin_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    write_json_atomic(meta_path, {**meta(), "dtype": dtype.name, "n_tokens": n_tokens})
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+                pending, n_pending = [], 0
+        if pending:
+            f.write(np.concatenate(pending).astype(dtype).tobytes())
+            n_tokens += n_pending
+    # the header last: an entry counts only once its JSON exists (see read_tokens)
+    atomic.write_text(meta_path, json.dumps({**meta(), "dtype": dtype.name, "n_tokens": n_tokens}, indent=2))

@@ -17,12 +17,12 @@ import io
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
+from jaxformer import atomic
 from jaxformer.errors import UserError
 
 PAD, UNK, BOS, EOS, MASK, CLS, SEP = 0, 1, 2, 3, 4, 5, 6
@@ -45,18 +45,6 @@ def _split_literals(text: str) -> list[str]:
     if "[" not in text:
         return [text]
     return [part for part in _LITERAL_RE.split(text) if part]
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Tokenizer:
@@ -94,10 +82,10 @@ class Tokenizer:
     def save(self, workdir: str | os.PathLike) -> None:
         folder = Path(workdir) / TOKENIZER_DIR
         for name, data in self._files().items():
-            _atomic_write_bytes(folder / name, data)
+            atomic.write_bytes(folder / name, data)
         meta = {"kind": self.kind, "vocab_size": self.vocab_size, "fingerprint": self.fingerprint,
                 **self._meta()}
-        _atomic_write_bytes(folder / _META_FILE, json.dumps(meta, indent=2).encode())
+        atomic.write_bytes(folder / _META_FILE, json.dumps(meta, indent=2).encode())
 
     # subclass hooks
     def _encode_plain(self, text: str) -> np.ndarray:
@@ -296,16 +284,3 @@ def check_kind(tok: Tokenizer, wanted: str, where: str | os.PathLike) -> None:
         raise UserError(f"The run in {where} was tokenized with '{tok.kind}' but data.tokenizer={wanted}: "
                         f"resuming with a different tokenizer than the checkpoint's is refused (use a new "
                         f"--workdir or set data.tokenizer={tok.kind}).")
-
-
-def build_tokenizer(data_cfg, train_text: str, workdir: str | os.PathLike | None) -> Tokenizer:
-    """The workdir's tokenizer if it has one (its kind must match data_cfg.tokenizer), else a new one trained
-    on `train_text` and saved into the workdir."""
-    existing = load_tokenizer(workdir)
-    if existing is not None:
-        check_kind(existing, data_cfg.tokenizer, workdir)
-        return existing
-    tok = train_tokenizer(data_cfg.tokenizer, train_text, data_cfg.vocab_size)
-    if workdir is not None:
-        tok.save(workdir)
-    return tok
