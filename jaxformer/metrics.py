@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxformer.rundir import write_text_atomic as write_text
+from jaxformer import atomic
 
 LN2 = math.log(2.0)
 
@@ -48,7 +48,7 @@ class MetricsWriter:
         rows = read_metrics(workdir)
         kept = [r for r in rows if r.get("step", 0) <= resume_step]
         if len(kept) < len(rows):
-            write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            atomic.write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self.file = open(self.path, "a")  # noqa: SIM115  (kept open for the run)
         try:
             from tensorboardX import SummaryWriter

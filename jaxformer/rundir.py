@@ -14,8 +14,8 @@ import os
 import socket
 from pathlib import Path
 
+from jaxformer import atomic
 from jaxformer import config as config_lib
-from jaxformer.atomic import write_text as write_text_atomic  # the old name, kept for callers
 from jaxformer.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -125,4 +125,4 @@ class WorkdirLock:
 
 
 def save_config(workdir: Path, cfg: config_lib.Config) -> None:
-    write_text_atomic(workdir / CONFIG_FILE, cfg.to_json() + "\n")
+    atomic.write_text(workdir / CONFIG_FILE, cfg.to_json() + "\n")
