@@ -28,11 +28,13 @@ import matplotlib.pyplot as plt
 
 from jaxformer import config as config_lib
 from jaxformer import generate, trainer
+from jaxformer.data import data_root
 from jaxformer.metrics import read_metrics
+from jaxformer.run import open_run
 
 STEPS = int(os.environ.get("NOTEBOOK_STEPS", 300))
-SHAKESPEARE = Path("../../shared/data/tinyshakespeare/input.txt")
-SOURCE = f"text:{SHAKESPEARE}" if SHAKESPEARE.exists() else "builtin"
+SHAKESPEARE = (data_root() / "tinyshakespeare/input.txt").exists()  # $JAXFORMER_DATA, see the README
+SOURCE = "text:@data/tinyshakespeare/input.txt" if SHAKESPEARE else "builtin"
 OUT = Path(os.environ.get("NOTEBOOK_OUT", "../runs/notebook-encoder-vs-decoder"))
 COMMON = [f"train.steps={STEPS}", f"data.source={SOURCE}", "train.eval_every=50", "train.log_every=25",
           "train.checkpoint_every=1000"]
@@ -44,6 +46,7 @@ for preset in ("decoder-tiny", "encoder-tiny"):
     cfg = config_lib.load_config(preset, COMMON)
     results[preset] = trainer.train_loop(cfg, OUT / preset, show_progress=False)
     print(preset, {k: round(v, 4) for k, v in results[preset].items() if k.startswith("valid_")})
+runs = {preset: open_run(OUT / preset) for preset in results}  # the saved runs, as eval/sample/fill-mask see them
 
 # %% [markdown]
 # ## Loss curves
@@ -67,16 +70,16 @@ plt.show()
 # ## What each one can do: continue text, fill a blank
 
 # %%
-dec = results["decoder-tiny"]["run"]
-tok = dec.corpus.tokenizer
-prompt = "ROMEO:" if SHAKESPEARE.exists() else "The "
+dec = runs["decoder-tiny"]
+tok = dec.tokenizer
+prompt = "ROMEO:" if SHAKESPEARE else "The "
 new = generate.generate(dec.state.graphdef, dec.state.params, [tok.encode(prompt)], max_new_tokens=120,
                         temperature=0.8, seed=0)[0]
 print(prompt + tok.decode(new))
 
 # %%
-enc = results["encoder-tiny"]["run"]
-text = "First Citizen:\nBefore we proceed any further, hear me [MASK]peak." if SHAKESPEARE.exists() \
+enc = runs["encoder-tiny"]
+text = "First Citizen:\nBefore we proceed any further, hear me [MASK]peak." if SHAKESPEARE \
     else "The [MASK]unction returns a value."
 for i, cands in enumerate(generate.fill_mask(enc.state.graphdef, enc.state.params, tok.encode(text), top_k=5)):
     print(f"mask {i}:", [(tok.decode([t]), round(p, 3)) for t, p in cands])
