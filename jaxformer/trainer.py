@@ -43,8 +43,8 @@ class Run:
 def setup(cfg: config_lib.Config, workdir: str | Path, *, show_progress: bool = True, resume: bool = True) -> Run:
     """Tokenize (cached), resolve and check the config, build the mesh and state, restore the latest checkpoint."""
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    corpus = load_corpus(cfg.data, workdir, show_progress=show_progress)
+    corpus = load_corpus(cfg.data, workdir, show_progress=show_progress, seq_len=cfg.train.seq_len)
+    workdir.mkdir(parents=True, exist_ok=True)  # after the data checks: a refused corpus creates nothing
     cfg = config_lib.resolve(cfg, vocab_size=corpus.vocab_size, n_devices=jax.device_count())
     return init_run(cfg, workdir, corpus, resume=resume)
 
