@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             distributed.maybe_initialize()  # multi-host runs: every process runs the same command
         return COMMANDS[args.command](args)
     except JaxformerError as err:
-        print(f"jaxformer {args.command}: {err}", file=sys.stderr)
+        message = str(err).replace("\n", "\\n")  # a newline typed into a value or a path must not split it
+        print(f"jaxformer {args.command}: {message}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print(f"jaxformer {args.command}: interrupted.", file=sys.stderr)

@@ -188,7 +188,7 @@ def get_preset(name: str) -> Config:
     if name not in PRESETS:
         close = difflib.get_close_matches(name, PRESETS, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"choose one of: {', '.join(PRESETS)}."
-        raise UserError(f"Unknown preset '{name}': {hint}")
+        raise UserError(f"Unknown preset {name!r}: {hint}")
     return PRESETS[name]
 
 
@@ -198,6 +198,9 @@ def _all_keys(cfg: Config) -> list[str]:
     return [f"{s.name}.{f.name}" for s in fields(cfg) for f in fields(getattr(cfg, s.name))]
 
 
+# Messages quote what the user typed with !r, so that a stray newline or tab stays visible and the message stays
+# one line.
+
 def _parse_value(key: str, raw: str, kind: Any) -> Any:
     if kind is bool:
         low = raw.strip().lower()
@@ -205,18 +208,24 @@ def _parse_value(key: str, raw: str, kind: Any) -> Any:
             return True
         if low in ("0", "false", "no", "off"):
             return False
-        raise UserError(f"Bad value '{raw}' for {key}: expected true or false.")
+        raise UserError(f"Bad value {raw!r} for {key}: expected true or false.")
     try:
         if kind is int:
-            value = float(raw)  # accept 1e3
-            if value != int(value):
-                raise ValueError
-            return int(value)
+            try:
+                return int(raw)  # exact, however large (going through float would round 2**53 + 1)
+            except ValueError:
+                value = float(raw)  # accept 1e3
+                if not math.isfinite(value) or value != int(value):
+                    raise ValueError from None
+                return int(value)
         if kind is float:
-            return float(raw)
-    except ValueError:
-        raise UserError(f"Bad value '{raw}' for {key}: expected {'an integer' if kind is int else 'a number'}.") \
-            from None
+            value = float(raw)
+            if not math.isfinite(value):  # nan/inf would pass or poison every later range check
+                raise ValueError
+            return value
+    except (ValueError, OverflowError):
+        expected = "an integer" if kind is int else "a finite number"
+        raise UserError(f"Bad value {raw!r} for {key}: expected {expected}.") from None
     return raw
 
 
@@ -229,7 +238,7 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
         if sub is None or name not in {f.name for f in fields(sub)}:
             close = difflib.get_close_matches(key, _all_keys(cfg), n=1, cutoff=0.5)
             hint = f"did you mean '{close[0]}'?" if close else "see `jaxformer params --help` for the config keys."
-            raise UserError(f"Unknown config key '{key}': {hint}")
+            raise UserError(f"Unknown config key {key!r}: {hint}")
         kind = typing.get_type_hints(type(sub))[name]
         value = _parse_value(key, raw, kind) if isinstance(raw, str) else raw
         cfg = replace(cfg, **{section: replace(sub, **{name: value})})
@@ -239,7 +248,7 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
 def _split_override(text: str) -> tuple[str, str]:
     key, eq, value = text.partition("=")
     if not eq or not key:
-        raise UserError(f"Bad override '{text}': write it as KEY=VALUE, e.g. train.steps=200.")
+        raise UserError(f"Bad override {text!r}: write it as KEY=VALUE, e.g. train.steps=200.")
     return key.strip(), value.strip()
 
 
@@ -290,12 +299,26 @@ def validate(cfg: Config, n_devices: int | None = None) -> None:
                "data.tokenizer": (d.tokenizer, ("char", "byte", "bpe", "unigram")),
                "train.on_nonfinite": (t.on_nonfinite, ("stop", "skip"))}
     for key, (value, allowed) in choices.items():
-        _check(value in allowed, f"Bad value '{value}' for {key}: choose one of {', '.join(allowed)}.")
+        _check(value in allowed, f"Bad value {value!r} for {key}: choose one of {', '.join(allowed)}.")
     for key, value in [("model.n_layer", m.n_layer), ("model.d_model", m.d_model), ("model.n_heads", m.n_heads),
                        ("train.steps", t.steps), ("train.batch_size", t.batch_size), ("train.seq_len", t.seq_len),
                        ("train.grad_accum", t.grad_accum), ("train.log_every", t.log_every),
                        ("train.checkpoint_every", t.checkpoint_every), ("train.eval_batches", t.eval_batches)]:
         _check(value > 0, f"Bad value {value} for {key}: it must be positive.")
+    for key, value in [("model.vocab_size", m.vocab_size), ("model.head_dim", m.head_dim),
+                       ("model.max_seq_len", m.max_seq_len), ("model.init_std", m.init_std),
+                       ("model.moe_aux_weight", m.moe_aux_weight), ("train.seed", t.seed),
+                       ("train.eval_every", t.eval_every), ("optimizer.weight_decay", opt.weight_decay),
+                       ("optimizer.grad_clip", opt.grad_clip)]:
+        _check(value >= 0, f"Bad value {value} for {key}: it must be >= 0.")
+    for key, value in [("model.norm_eps", m.norm_eps), ("model.rope_theta", m.rope_theta),
+                       ("optimizer.eps", opt.eps), ("train.keep_checkpoints", t.keep_checkpoints),
+                       ("data.vocab_size", d.vocab_size)]:
+        _check(value > 0, f"Bad value {value} for {key}: it must be positive.")
+    for key, value in [("optimizer.b1", opt.b1), ("optimizer.b2", opt.b2)]:
+        _check(0.0 <= value < 1.0, f"Bad value {value} for {key}: it must be in [0, 1).")
+    _check(0.0 <= opt.min_lr_ratio <= 1.0,
+           f"Bad value {opt.min_lr_ratio} for optimizer.min_lr_ratio: it must be in [0, 1].")
     _check(m.d_model % m.n_heads == 0 or cfg.model.head_dim > 0,
            f"model.n_heads={m.n_heads} does not divide model.d_model={m.d_model}: pick n_heads from "
            f"{_divisors(m.d_model)} or set model.head_dim.")
@@ -321,7 +344,7 @@ def validate(cfg: Config, n_devices: int | None = None) -> None:
         _check(o.n_classes >= 2, f"Bad value {o.n_classes} for objective.n_classes: a classifier needs at least 2 "
                                  f"classes.")
         _check(o.pooling in ("", "cls", "last", "mean"),
-               f"Bad value '{o.pooling}' for objective.pooling: choose one of cls, last, mean.")
+               f"Bad value {o.pooling!r} for objective.pooling: choose one of cls, last, mean.")
         _check(not (o.pooling == "cls" and o.causal),
                "objective.pooling=cls needs a bidirectional (encoder) backbone: under causal attention the first "
                "token sees nothing else; use last or mean.")
@@ -347,8 +370,10 @@ def validate(cfg: Config, n_devices: int | None = None) -> None:
                f"(mesh.data×fsdp×expert): make train.batch_size/train.grad_accum a multiple of {batch_shards}.")
 
 
-def _divisors(n: int) -> list[int]:
-    return [k for k in range(1, n + 1) if n % k == 0]
+def _divisors(n: int, up_to: int = 128) -> list[int]:
+    """The divisors of n up to `up_to` (head counts are small; the messages are built on every validate call,
+    so this must stay cheap for any n a user can type)."""
+    return [k for k in range(1, min(n, up_to) + 1) if n % k == 0]
 
 
 def load_config(preset: str, overrides: list[str]) -> Config:

@@ -92,6 +92,10 @@ def _prompt_rows(prompts, vocab_size: int, max_seq_len: int, max_new_tokens: int
             raise UserError(f"Prompt {i} is empty: give at least one token (e.g. BOS).")
         if row.min() < 0 or row.max() >= vocab_size:
             raise UserError(f"Prompt {i} has token ids outside the model's vocabulary [0, {vocab_size}).")
+        longest = max_seq_len - min(max_new_tokens, 1)
+        if row.size > longest:  # not even one new token fits: the prompt itself is the problem
+            raise UserError(f"Prompt {i} has {row.size} tokens, too long for the model's context of {max_seq_len} "
+                            f"tokens: shorten it to at most {longest} tokens.")
         if row.size + max_new_tokens > max_seq_len:
             raise UserError(f"Prompt {i} has {row.size} tokens, which with max_new_tokens={max_new_tokens} exceeds "
                             f"the model's context of {max_seq_len} tokens: shorten the prompt or generate fewer.")

@@ -65,7 +65,7 @@ def open_run(workdir: str | Path, cfg: config_lib.Config | None = None, *, token
     rundir.check_is_run_or_new(workdir)
     corpus = None
     if objectives.OBJECTIVES[cfg.objective.kind].token_level:
-        corpus = load_corpus(cfg.data, workdir, show_progress=show_progress)
+        corpus = load_corpus(cfg.data, workdir, show_progress=show_progress, seq_len=cfg.train.seq_len)
         tokenizer = corpus.tokenizer
     if tokenizer is None:
         raise UserError(f"objective.kind={cfg.objective.kind} trains on a tokenizer it is given: fine-tune with "

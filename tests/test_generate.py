@@ -190,9 +190,9 @@ def test_refusals():
     with pytest.raises(UserError, match="MASK"):
         gen.fill_mask(*nnx.split(tiny("encoder-tiny")), [9, 10, 11])
     # Which runs can sample or fill masks is the objective's to say (the CLI asks it before calling these).
-    with pytest.raises(UserError, match="encoder run with objective.kind=mlm: sample needs a decoder"):
+    with pytest.raises(UserError, match="an encoder run with objective.kind=mlm: sample needs a decoder"):
         objectives.for_config(get_preset("encoder-tiny")).require("sample", "runs/e")
-    with pytest.raises(UserError, match="decoder run with objective.kind=clm: fill-mask needs an encoder"):
+    with pytest.raises(UserError, match="a decoder run with objective.kind=clm: fill-mask needs an encoder"):
         objectives.for_config(get_preset("decoder-tiny")).require("fill-mask", "runs/d")
     assert gen.generate(graphdef, params, [[5] * 59], max_new_tokens=5, temperature=0.0)  # exactly fits
 

@@ -12,6 +12,7 @@ class ids; text labels in generic files are mapped to ids in sorted order.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -97,43 +98,95 @@ def _pick(columns: list[str], wanted: tuple[str, ...], path: Path, what: str) ->
                     f"{', '.join(wanted)}.")
 
 
-def _labels_to_ids(raw: list, path: Path) -> np.ndarray:
+def _label_value(raw, where: str) -> int | str:
+    """A row's label as an integer class id or a class name; anything else is refused with the row's place."""
+    if isinstance(raw, bool):
+        return int(raw)
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, float) and raw.is_integer():  # 1.0 from a tool that writes every number as a float
+        return int(raw)
+    if isinstance(raw, str) and raw.strip():
+        name = raw.strip()
+        try:
+            return int(name)
+        except ValueError:
+            return name
+    raise UserError(f"{where} has the label {raw!r}, which is neither an integer class id nor a class name: "
+                    f"fix that row.")
+
+
+def _labels_to_ids(labels: list[tuple[str, int | str]], path: Path) -> np.ndarray:
+    """(where, label) pairs -> int64 ids: integers as they are, class names numbered in sorted order."""
+    ints = [(where, v) for where, v in labels if isinstance(v, int)]
+    if len(ints) == len(labels):
+        return np.asarray([v for _, v in ints], dtype=np.int64)
+    names = [(where, v) for where, v in labels if not isinstance(v, int)]
+    if ints:  # a typo'd id or a stray header line, not a class of its own
+        raise UserError(f"{path} mixes integer labels ({ints[0][0]}: {ints[0][1]}) with class names "
+                        f"({names[0][0]}: {names[0][1]!r}): use one kind of label throughout.")
+    index = {n: i for i, n in enumerate(sorted({v for _, v in names}))}
+    return np.asarray([index[v] for _, v in names], dtype=np.int64)
+
+
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
     try:
-        return np.asarray([int(v) for v in raw], dtype=np.int64)
-    except (TypeError, ValueError):
-        names = sorted({str(v) for v in raw})
-        index = {n: i for i, n in enumerate(names)}
-        return np.asarray([index[str(v)] for v in raw], dtype=np.int64)
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")  # exported spreadsheets are often Windows-1252
 
 
 def load_tsv(path: Path) -> tuple[list[str], np.ndarray]:
-    """TSV with a header naming a text column (sentence/text/...) and a label column."""
+    """TSV with a header naming a text column (sentence/text/...) and a label column; blank lines are skipped,
+    a row without both columns is refused."""
     if not path.is_file():
         raise UserError(f"Task file {path} does not exist: check the path.")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    rows = [(reader.line_num, row) for row in reader if any(field.strip() for field in row)]
     if len(rows) < 2:
         raise UserError(f"{path} has no data rows: it needs a header line and at least one row.")
-    header = rows[0]
+    header = rows[0][1]
     text_col = header.index(_pick(header, TEXT_COLUMNS, path, "text"))
     label_col = header.index(_pick(header, LABEL_COLUMNS, path, "label"))
-    body = [r for r in rows[1:] if len(r) > max(text_col, label_col)]
-    return [r[text_col] for r in body], _labels_to_ids([r[label_col] for r in body], path)
+    texts, labels = [], []
+    for lineno, row in rows[1:]:
+        if len(row) <= max(text_col, label_col):
+            raise UserError(f"{path}:{lineno} has {len(row)} tab-separated fields, but the header names "
+                            f"{len(header)}: give every row a {header[text_col]} and a {header[label_col]}.")
+        texts.append(row[text_col])
+        labels.append((f"{path}:{lineno}", _label_value(row[label_col], f"{path}:{lineno}")))
+    return texts, _labels_to_ids(labels, path)
 
 
 def load_jsonl(path: Path) -> tuple[list[str], np.ndarray]:
     """JSON Lines, one object per line with a text field (text/sentence/...) and a label field."""
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise UserError(f"{path}:{lineno} is not valid JSON: fix that line.") from None
+    for lineno, line in enumerate(_read_text(path).splitlines(), 1):
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise UserError(f"{path}:{lineno} is not valid JSON: fix that line.") from None
+            if not isinstance(record, dict):
+                raise UserError(f"{path}:{lineno} is a JSON {type(record).__name__}, not an object: write one "
+                                f"object with a text and a label field per line.")
+            records.append((lineno, record))
     if not records:
         raise UserError(f"{path} has no records: it needs one JSON object per line.")
-    keys = list(records[0])
+    keys = list(records[0][1])
     text_key = _pick(keys, TEXT_COLUMNS, path, "text")
     label_key = _pick(keys, LABEL_COLUMNS, path, "label")
-    return [str(r[text_key]) for r in records], _labels_to_ids([r[label_key] for r in records], path)
+    texts, labels = [], []
+    for lineno, record in records:
+        where = f"{path}:{lineno}"
+        if text_key not in record or label_key not in record:
+            missing = label_key if text_key in record else text_key
+            raise UserError(f"{where} has no '{missing}' field: give every line a '{text_key}' and a "
+                            f"'{label_key}'.")
+        if not isinstance(record[text_key], str):
+            raise UserError(f"{where} has a {type(record[text_key]).__name__} as its '{text_key}', not a string: "
+                            f"fix that line.")
+        texts.append(record[text_key])
+        labels.append((where, _label_value(record[label_key], where)))
+    return texts, _labels_to_ids(labels, path)

@@ -10,7 +10,8 @@ tokens, which do not exist before the tokenizer), capped at MAX_TOKENIZER_CHARS;
 that is the same text as the token split's train part, to within a token.
 
 Tokenizer lookup order: the workdir's (its kind must match data.tokenizer), then the cache's tokenizer for
-this (corpus, kind, vocab size, split), then a freshly trained one, which is saved in both places.
+this (corpus, kind, vocab size, split), then a freshly trained one, which is saved in both places (in the
+workdir only once the corpus has passed its checks).
 """
 
 from __future__ import annotations
@@ -54,7 +55,11 @@ class Corpus:
         raise UserError(f"Unknown split '{name}': use train or valid.")
 
 
-def load_corpus(data_cfg, workdir: str | os.PathLike | None, *, show_progress: bool = True) -> Corpus:
+def load_corpus(data_cfg, workdir: str | os.PathLike | None, *, show_progress: bool = True,
+                seq_len: int | None = None) -> Corpus:
+    """The corpus of `data_cfg.source` under the workdir's (or a cached, or a new) tokenizer. With `seq_len`,
+    both splits must hold a full window of seq_len + 1 tokens. Nothing is written into `workdir`: the run saves
+    its tokenizer (`Run.write_run_files`) once the whole config has been checked."""
     root = token_cache.cache_root(data_cfg)
     source = open_source(data_cfg.source, cache_root=root)
     tokenizer = resolve_tokenizer(data_cfg, source, workdir, root)
@@ -71,7 +76,10 @@ def load_corpus(data_cfg, workdir: str | os.PathLike | None, *, show_progress: b
         cached = token_cache.read_tokens(root, key)
         assert cached is not None, "token cache entry vanished right after writing it"
     tokens, meta = cached
-    return _split(tokens, data_cfg, tokenizer, n_documents=int(meta["n_documents"]))
+    corpus = _split(tokens, data_cfg, tokenizer, n_documents=int(meta["n_documents"]))
+    if seq_len is not None:
+        check_windows(corpus, data_cfg, seq_len)
+    return corpus
 
 
 def _split(tokens: np.ndarray, data_cfg, tokenizer: Tokenizer, **extra) -> Corpus:
@@ -84,6 +92,15 @@ def _split(tokens: np.ndarray, data_cfg, tokenizer: Tokenizer, **extra) -> Corpu
         raise UserError(f"data.source={data_cfg.source} has only {n} tokens, too few to split with "
                         f"data.valid_fraction={data_cfg.valid_fraction}: use more text.")
     return Corpus(tokenizer=tokenizer, train=tokens[:n_train], valid=tokens[n_train:], tokens=tokens, **extra)
+
+
+def check_windows(corpus: Corpus, data_cfg, seq_len: int) -> None:
+    """Refuse, before any training, a corpus whose train or validation split is shorter than one window."""
+    need = seq_len + 1
+    if len(corpus.train) < need or len(corpus.valid) < need:
+        raise UserError(f"data.source={data_cfg.source} is too short for train.seq_len={seq_len} (its train and "
+                        f"validation splits have {len(corpus.train)} and {len(corpus.valid)} tokens, and each needs "
+                        f"at least {need}): use more text, a smaller train.seq_len or another data.valid_fraction.")
 
 
 # ---------------------------------------------------------------------------------------------- tokenizer

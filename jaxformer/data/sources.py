@@ -4,7 +4,8 @@
                                      sorted by topic name; exists offline on any Python
     text:<file|glob|dir>             local UTF-8 text (latin-1 fallback); a dir means every *.txt under it,
                                      recursively; files are sorted by path and each FILE is one document;
-                                     `@data/<path>` is <path> under the data root ($JAXFORMER_DATA, see root.py)
+                                     `@data/<path>` is <path> under the data root ($JAXFORMER_DATA, see root.py);
+                                     files with NUL bytes (binary) and corpora of only whitespace are refused
     tfds:<name>[/config][:split]     a TensorFlow Datasets catalog dataset (needs the `tf` extra to prepare)
     tfds:<path>[:split]              a local file/glob/dir prepared by jaxformer's own TFDS builder into
                                      array_record and read back with tfds.data_source (no TensorFlow)
@@ -61,15 +62,22 @@ def builtin_source() -> Source:
 def text_source(pattern: str, *, spec: str) -> Source:
     files = resolve_text_files(pattern, spec=spec)
     digest = hashlib.sha256(b"text-files-v1")
-    total = 0
+    total, has_text = 0, False
     for f in files:  # hashing reads at ~1 GB/s: cheap next to tokenizing, and exact unlike mtimes
         with open(f, "rb") as fh:
             size = 0
             for block in iter(lambda fh=fh: fh.read(1 << 22), b""):
+                if b"\0" in block:  # text never holds NUL; images, archives, UTF-16 and pickles do
+                    raise UserError(f"{f} (data.source={spec}) is not a text file (it contains NUL bytes): point "
+                                    f"data.source at UTF-8 text, converting UTF-16 or binary formats first.")
+                has_text = has_text or bool(block.strip())
                 digest.update(block)
                 size += len(block)
         digest.update(b"\0file-end\0%d\0" % size)
         total += size
+    if not has_text:
+        what = "is empty or only whitespace" if len(files) == 1 else f"has {len(files)} files, all empty or blank"
+        raise UserError(f"data.source={spec} {what} (empty corpus): point it at files with text.")
     return Source(spec=spec, identity=digest.hexdigest()[:32],
                   documents=lambda: (read_text_file(f) for f in files),
                   n_documents=len(files), n_chars=total)

@@ -4,7 +4,8 @@ Every tokenizer reserves ids 0..7 for the same specials, so code downstream (MLM
 can test `id < N_SPECIAL` without knowing which tokenizer a run used. Ordinary tokens start at N_SPECIAL.
 
 The literal texts "[MASK]", "[CLS]" and "[SEP]" inside input text encode to their special ids in every
-tokenizer (fill-mask writes "[MASK]" into a prompt). `decode` drops every special id.
+tokenizer (fill-mask writes "[MASK]" into a prompt). `decode` drops every special id. `encode` takes any str:
+lone surrogates (which no UTF encoding accepts) are read as U+FFFD.
 
 A tokenizer is saved as `<workdir>/tokenizer/tokenizer.json` (+ `spm.model` for SentencePiece) and reused on
 resume; its `fingerprint` keys the token cache and guards against resuming with a different tokenizer.
@@ -40,6 +41,18 @@ _META_FILE = "tokenizer.json"
 _SPM_FILE = "spm.model"
 
 
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_RESERVED7 = "[RESERVED7]"  # the user symbol holding id 7 in every SentencePiece model
+# Text SentencePiece would not give back: its whitespace mark U+2581 (decodes to " ") and the reserved symbol.
+_SP_ESCAPE_RE = re.compile("(\u2581|" + re.escape(_RESERVED7) + ")")
+
+
+def _without_surrogates(text: str) -> str:
+    """Lone surrogates (from JSON "\\ud800" escapes or surrogateescape'd file names) cannot be UTF-8/UTF-32
+    encoded: they become U+FFFD, as an invalid byte does when a file is decoded."""
+    return text if text.isascii() else _SURROGATE_RE.sub("\ufffd", text)
+
+
 def _split_literals(text: str) -> list[str]:
     """Split text around literal specials: ["the ", "[MASK]", " sat"]; cheap when there are none."""
     if "[" not in text:
@@ -68,7 +81,7 @@ class Tokenizer:
         return self._fingerprint
 
     def encode(self, text: str) -> np.ndarray:
-        parts = _split_literals(text)
+        parts = _split_literals(_without_surrogates(text))
         if len(parts) == 1 and parts[0] not in LITERAL_SPECIALS:
             return self._encode_plain(parts[0])
         chunks = [np.array([LITERAL_SPECIALS[p]], np.int32) if p in LITERAL_SPECIALS else self._encode_plain(p)
@@ -172,7 +185,9 @@ class SentencePieceTokenizer(Tokenizer):
 
     Text is kept byte-exact (identity normalisation, no whitespace collapsing, no dummy prefix), so
     `decode(encode(text)) == text` for any text made of characters seen in training. With a vocabulary of
-    at least 1024, unseen characters fall back to UTF-8 byte pieces instead of UNK.
+    at least 1024, unseen characters fall back to UTF-8 byte pieces instead of UNK, so any text comes back.
+    Two strings SentencePiece itself would change are encoded around it: U+2581 (its whitespace mark) as
+    byte pieces, and "[RESERVED7]" (the user symbol at id 7, dropped by decode) as ordinary pieces.
     """
 
     def __init__(self, model_proto: bytes, kind: str):
@@ -196,7 +211,7 @@ class SentencePieceTokenizer(Tokenizer):
                 pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
                 pad_piece="[PAD]", unk_piece="[UNK]", bos_piece="[BOS]", eos_piece="[EOS]",
                 # user-defined symbols take the free ids in order (4, 5, 6, 7) and match literally in text
-                user_defined_symbols=["[MASK]", "[CLS]", "[SEP]", "[RESERVED7]"],
+                user_defined_symbols=["[MASK]", "[CLS]", "[SEP]", _RESERVED7],
                 normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
                 allow_whitespace_only_pieces=True, character_coverage=1.0, byte_fallback=vocab_size >= 1024,
                 hard_vocab_limit=False,  # small corpora cannot always fill a unigram vocabulary
@@ -218,7 +233,24 @@ class SentencePieceTokenizer(Tokenizer):
         return self._sp.get_piece_size()
 
     def _encode_plain(self, text: str) -> np.ndarray:
-        return np.asarray(self._sp.encode(text), dtype=np.int32)
+        if "\u2581" not in text and _RESERVED7 not in text:
+            return np.asarray(self._sp.encode(text), dtype=np.int32)
+        # SentencePiece would read U+2581 as its own whitespace mark (decoding to " ") and the reserved
+        # user symbol as id 7 (which decode drops): give both ids that decode back to the same text.
+        ids: list[int] = []
+        for part in _SP_ESCAPE_RE.split(text):
+            if part == "\u2581":
+                ids += self._mark_ids()
+            elif part == _RESERVED7:
+                ids += self._sp.encode(_RESERVED7[:-2]) + self._sp.encode(_RESERVED7[-2:])
+            elif part:
+                ids += self._sp.encode(part)
+        return np.asarray(ids, dtype=np.int32)
+
+    def _mark_ids(self) -> list[int]:
+        """U+2581 as its three UTF-8 byte pieces (decoded literally), or UNK without byte fallback."""
+        ids = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in "\u2581".encode()]
+        return ids if all(self._sp.is_byte(i) for i in ids) else [UNK]
 
     def _decode_plain(self, ids: np.ndarray) -> str:
         return self._sp.decode(ids.tolist())

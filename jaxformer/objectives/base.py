@@ -73,5 +73,6 @@ class Objective:
             return
         needs = {"sample": "a decoder run (objective.kind=clm)", "fill-mask": "an encoder run (objective.kind=mlm)"}
         can = [ABILITY_COMMANDS[a] for a in sorted(self.abilities)] or ["jaxformer eval"]
-        raise UserError(f"{where} holds a {self.family} run with objective.kind={self.kind}: {ability} needs "
+        article = "an" if self.family[0] in "aeiou" else "a"
+        raise UserError(f"{where} holds {article} {self.family} run with objective.kind={self.kind}: {ability} needs "
                         f"{needs.get(ability, 'another kind of run')}; use {' or '.join(can)} with this one.")
