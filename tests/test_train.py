@@ -97,10 +97,11 @@ def test_sharded_step_matches_one_device(case, mesh):
     params_one, losses_one = one_device_run(case)
     many, losses_many = run_steps(make_cfg(preset, extra, MESHES[mesh]), 2)
     np.testing.assert_allclose(losses_many, losses_one, rtol=2e-5)
-    # atol: the key bias has an exactly-zero true gradient, so Adam turns float noise into ~1e-6 steps;
-    # real updates are ~lr = 2e-3 per step.
+    # atol: where a true gradient is (nearly) zero — the key bias, weights of an expert few tokens reached — Adam
+    # divides float noise by its own size, so the sum order of another mesh moves such weights by up to ~1e-5
+    # (seen 1.2e-5 on an AMD EPYC for MoE); a sharding bug moves weights by a whole update, ~lr = 2e-3 per step.
     for a, b in zip(flat_params(many), params_one, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=4e-5)
     # the parameters really are sharded over the mesh
     specs = {str(x.sharding.spec) for x in jax.tree.leaves(many.params)}
     assert any(s != "PartitionSpec()" for s in specs), specs
