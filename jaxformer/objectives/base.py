@@ -46,6 +46,11 @@ class Objective:
         """Batch arrays -> {"inputs", "targets", "weights", ...} for `loss_sums` (on device, inside the step)."""
         raise NotImplementedError
 
+    @staticmethod
+    def with_packing(ex: dict, batch: dict) -> dict:
+        """Windows of T+1 tokens feed T inputs: the packing arrays (document ids, positions) are cut alike."""
+        return {**ex, **{key: batch[key][:, :-1] for key in ("segment_ids", "positions") if key in batch}}
+
     def scores(self, model, hidden_BxTxD: jax.Array, ex: dict) -> jax.Array:
         """Logits [..., C] at the predicted slots of `ex` (aligned with ex["targets"])."""
         raise NotImplementedError

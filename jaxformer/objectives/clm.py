@@ -27,10 +27,7 @@ class CausalLM(Objective):
             seg = batch["segment_ids"]
             weights &= (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)
         ex["weights"] = weights.astype(jnp.float32)
-        for key in ("segment_ids", "positions"):
-            if key in batch:
-                ex[key] = batch[key][:, :-1]
-        return ex
+        return self.with_packing(ex, batch)
 
     def scores(self, model, hidden_BxTxD, ex):
         return model.logits(hidden_BxTxD)

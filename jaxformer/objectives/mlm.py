@@ -28,11 +28,7 @@ class MaskedLM(Objective):
         return False
 
     def prepare(self, batch: dict, rng: jax.Array) -> dict:
-        ex = self.mask_tokens(batch["tokens"][:, :-1], rng)
-        for key in ("segment_ids", "positions"):
-            if key in batch:
-                ex[key] = batch[key][:, :-1]
-        return ex
+        return self.with_packing(self.mask_tokens(batch["tokens"][:, :-1], rng), batch)
 
     def mask_tokens(self, tokens_BxT: jax.Array, rng: jax.Array) -> dict:
         """Choose round(mask_rate * n_ordinary) ordinary tokens per row, corrupt them 80/10/10.
