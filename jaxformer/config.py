@@ -273,9 +273,11 @@ def resolve(cfg: Config, *, vocab_size: int | None = None, n_devices: int | None
     if n_devices is not None and mesh.data == -1:
         others = mesh.fsdp * mesh.tensor * mesh.expert
         mesh = replace(mesh, data=max(n_devices // others, 1) if others > 0 else 1)
+    from jaxformer.objectives import OBJECTIVES  # objectives import this module's types
+
     o = cfg.objective
-    if o.kind == "classify" and not o.pooling:
-        o = replace(o, pooling="last" if o.causal else "cls")
+    if o.kind in OBJECTIVES:  # an unknown kind is refused by validate
+        o = OBJECTIVES[o.kind].resolve_config(o)
     cfg = replace(cfg, model=m, objective=o, mesh=mesh)
     validate(cfg, n_devices=n_devices)
     return cfg
@@ -340,16 +342,7 @@ def validate(cfg: Config, n_devices: int | None = None) -> None:
     _check(0.0 < o.mask_rate < 1.0, f"Bad value {o.mask_rate} for objective.mask_rate: it must be in (0, 1).")
     _check(o.mask_token_frac >= 0 and o.random_token_frac >= 0 and o.mask_token_frac + o.random_token_frac <= 1,
            "objective.mask_token_frac + objective.random_token_frac must be within [0, 1].")
-    if o.kind == "classify":
-        _check(o.n_classes >= 2, f"Bad value {o.n_classes} for objective.n_classes: a classifier needs at least 2 "
-                                 f"classes.")
-        _check(o.pooling in ("", "cls", "last", "mean"),
-               f"Bad value {o.pooling!r} for objective.pooling: choose one of cls, last, mean.")
-        _check(not (o.pooling == "cls" and o.causal),
-               "objective.pooling=cls needs a bidirectional (encoder) backbone: under causal attention the first "
-               "token sees nothing else; use last or mean.")
-    else:
-        _check(not o.linear_probe, "objective.linear_probe applies to fine-tuning only (objective.kind=classify).")
+    OBJECTIVES[o.kind].validate_config(o)
     _check(0.0 < d.valid_fraction < 1.0, f"Bad value {d.valid_fraction} for data.valid_fraction: use (0, 1).")
     _check(opt.lr > 0, f"Bad value {opt.lr} for optimizer.lr: it must be positive.")
     _check(opt.warmup_steps >= 0, "optimizer.warmup_steps must be >= 0.")

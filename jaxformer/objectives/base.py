@@ -33,6 +33,17 @@ class Objective:
     abilities: ClassVar[frozenset[str]] = frozenset()  # what a trained run of it supports: "sample", "fill-mask"
     token_level: ClassVar[bool] = True  # one prediction per token (perplexity/bpc mean something), else per example
 
+    @classmethod
+    def resolve_config(cls, o: ObjectiveConfig) -> ObjectiveConfig:
+        """Fill this kind's derived settings (config.resolve calls it)."""
+        return o
+
+    @classmethod
+    def validate_config(cls, o: ObjectiveConfig) -> None:
+        """Raise UserError for settings this kind cannot use (config.validate calls it)."""
+        if o.linear_probe:
+            raise UserError("objective.linear_probe applies to fine-tuning only (objective.kind=classify).")
+
     @property
     def causal(self) -> bool:
         """Causal (decoder) or bidirectional (encoder) attention."""

@@ -4,11 +4,18 @@ Batches are {"tokens": [B, T] right-padded with PAD, "labels": [B]}."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 
 from jaxformer.data.tokenizers import PAD
+from jaxformer.errors import UserError
 from jaxformer.objectives.base import Objective
+
+if TYPE_CHECKING:
+    from jaxformer.config import ObjectiveConfig
 
 
 def pool_weights(tokens_BxT: jax.Array, pooling: str) -> jax.Array:
@@ -35,6 +42,20 @@ class SequenceClassification(Objective):
     kind = "classify"
     head = "classifier"
     token_level = False
+
+    @classmethod
+    def resolve_config(cls, o: ObjectiveConfig) -> ObjectiveConfig:
+        return o if o.pooling else replace(o, pooling="last" if o.causal else "cls")
+
+    @classmethod
+    def validate_config(cls, o: ObjectiveConfig) -> None:
+        if o.n_classes < 2:
+            raise UserError(f"Bad value {o.n_classes} for objective.n_classes: a classifier needs at least 2 classes.")
+        if o.pooling not in ("", "cls", "last", "mean"):
+            raise UserError(f"Bad value {o.pooling!r} for objective.pooling: choose one of cls, last, mean.")
+        if o.pooling == "cls" and o.causal:
+            raise UserError("objective.pooling=cls needs a bidirectional (encoder) backbone: under causal attention "
+                            "the first token sees nothing else; use last or mean.")
 
     @property
     def causal(self) -> bool:
