@@ -10,15 +10,13 @@ distributed.maybe_initialize()
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
+from tiny import tiny_config  # noqa: E402
 
-from jaxformer import config as config_lib  # noqa: E402
 from jaxformer import trainer  # noqa: E402
 
 workdir, out = sys.argv[1], sys.argv[2]
-cfg = config_lib.load_config("decoder-tiny", [
-    "model.n_layer=2", "model.d_model=32", "model.n_heads=2", "train.seq_len=16", "train.batch_size=8",
-    "train.steps=4", "train.log_every=2", "train.eval_every=4", "train.eval_batches=1", "train.checkpoint_every=2",
-    "mesh.data=2", "mesh.fsdp=2"])
+cfg = tiny_config("clm", "train.steps=4", "train.log_every=2", "train.eval_every=4", "train.eval_batches=1",
+                  "train.checkpoint_every=2", "mesh.data=2", "mesh.fsdp=2", resolved=False)
 result = trainer.train_loop(cfg, workdir, show_progress=False)
 params = [np.asarray(multihost_utils.process_allgather(p, tiled=True))
           for p in jax.tree.leaves(result["run"].state.params)]

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from tiny import tiny_config
 
-from jaxformer.config import load_config, resolve
 from jaxformer.model import build_model
 from jaxformer.model.attention import Attention, attention_mask, init_cache
 
@@ -22,10 +22,9 @@ attend_cached = nnx.jit(lambda attn, x, pos, cache: attn(x, pos, causal=True, ca
 model_cached = nnx.jit(lambda net, tok, pos, cache: net(tok, causal=True, positions_BxT=pos, cache=cache))
 
 
-def model_cfg(preset: str = "decoder-tiny", **model):
-    overrides = ["model.n_layer=2", f"model.d_model={D}", f"model.n_heads={N}", "train.seq_len=16",
-                 "train.batch_size=2"] + [f"model.{k}={v}" for k, v in model.items()]
-    return resolve(load_config(preset, overrides), vocab_size=VOCAB, n_devices=1)
+def model_cfg(kind: str = "clm", **model):
+    """The tiny config at the width and vocabulary the references here use (D, N, VOCAB), `model` keys on top."""
+    return tiny_config(kind, vocab_size=VOCAB, model=dict(d_model=D, n_heads=N) | model)
 
 
 def randomize(module: nnx.Module, seed: int, std: float) -> None:

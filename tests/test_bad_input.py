@@ -8,14 +8,15 @@ import random
 from pathlib import Path
 
 import pytest
+from tiny import tiny_overrides
 
 from jaxformer.cli import main
 from jaxformer.config import DataConfig
 from jaxformer.data import classification, pipeline
 
-# The same tiny model as tests/test_cli.py; refusals happen before anything is compiled.
-TINY = ["model.n_layer=2", "model.d_model=32", "model.n_heads=2", "train.seq_len=32", "train.batch_size=8",
-        "train.log_every=5", "train.eval_every=10", "train.eval_batches=2", "train.checkpoint_every=10"]
+# The tests' tiny model with 2 heads (the messages below name its divisors); refusals happen before compiling.
+TINY = tiny_overrides("model.n_heads=2", "train.seq_len=32", "train.log_every=5", "train.eval_every=10",
+                      "train.eval_batches=2", "train.checkpoint_every=10")
 
 
 def refused(capsys, argv: list[str], *fragments: str) -> str:

@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 from test_train import fixed_batch, flat_params, make_cfg
+from tiny import tiny_config
 
-from jaxformer import config as config_lib
 from jaxformer import parallel, train, trainer
 from jaxformer.checkpoint import Checkpointer
 from jaxformer.errors import UserError
@@ -29,7 +29,7 @@ def _corrupt_largest_file(step_dir):
 
 
 def test_save_restore_next_step_identical(tmp_path):
-    cfg = make_cfg("encoder-tiny")
+    cfg = make_cfg("mlm")
     mesh, state, shardings, step = _setup(cfg, jax.devices()[:1])
     batch = jax.device_put(fixed_batch(cfg), parallel.batch_sharding(mesh))
     state, _ = step(state, batch, jax.random.key(0))
@@ -50,12 +50,12 @@ def test_save_restore_next_step_identical(tmp_path):
 def test_restore_onto_another_mesh(tmp_path):
     if len(jax.devices()) < 8:
         pytest.skip("needs 8 CPU devices (tests/conftest.py)")
-    cfg8 = make_cfg("decoder-tiny", mesh=(2, 2, 2, 1))
+    cfg8 = make_cfg("clm", mesh=(2, 2, 2, 1))
     _, state, _, _ = _setup(cfg8)
     ckpt = Checkpointer(tmp_path)
     ckpt.save(state)
     ckpt.wait()
-    cfg1 = make_cfg("decoder-tiny")
+    cfg1 = make_cfg("clm")
     mesh1, fresh, shardings1, _ = _setup(cfg1, jax.devices()[:1])
     restored = Checkpointer(tmp_path).restore_latest(fresh, shardings1)
     for a, b in zip(flat_params(restored), flat_params(state), strict=True):
@@ -64,7 +64,7 @@ def test_restore_onto_another_mesh(tmp_path):
 
 
 def test_corrupt_newest_checkpoint_falls_back(tmp_path, caplog):
-    cfg = make_cfg("decoder-tiny")
+    cfg = make_cfg("clm")
     mesh, state, shardings, step = _setup(cfg, jax.devices()[:1])
     batch = jax.device_put(fixed_batch(cfg), parallel.batch_sharding(mesh))
     ckpt = Checkpointer(tmp_path)
@@ -86,16 +86,14 @@ def test_corrupt_newest_checkpoint_falls_back(tmp_path, caplog):
         Checkpointer(tmp_path).restore_latest(fresh, shardings)
 
 
-RUN = ["model.n_layer=2", "model.d_model=32", "model.n_heads=2", "train.seq_len=16", "train.batch_size=8",
-       "train.log_every=2", "train.eval_every=0", "train.eval_batches=1", "mesh.data=1", "mesh.fsdp=1"]
+RUN = ["train.log_every=2", "train.eval_every=0", "train.eval_batches=1", "mesh.data=1", "mesh.fsdp=1"]
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
     """Stop after 3 steps, resume to 6: same parameters as 6 steps in one go (data position included)."""
     if jax.device_count() != 8:
         pytest.skip("mesh sizes below assume the 8 test devices")
-    cfg6 = config_lib.load_config("decoder-tiny", RUN + ["train.steps=6", "train.checkpoint_every=3",
-                                                         "mesh.tensor=8"])
+    cfg6 = tiny_config("clm", *RUN, "train.steps=6", "train.checkpoint_every=3", "mesh.tensor=8", resolved=False)
     whole = trainer.train_loop(cfg6, tmp_path / "whole", show_progress=False)
     # interrupted after step 3 (as a preemption would), then the same command again
     first = trainer.train_loop(cfg6, tmp_path / "resumed", show_progress=False, stop_after=3)

@@ -6,11 +6,13 @@ import subprocess
 import sys
 
 import pytest
+from tiny import tiny_overrides
 
 from jaxformer.cli import main
 
-TINY = ["model.n_layer=2", "model.d_model=32", "model.n_heads=2", "train.seq_len=32", "train.batch_size=8",
-        "train.log_every=5", "train.eval_every=10", "train.eval_batches=2", "train.checkpoint_every=10"]
+# seq_len 32: room for the 20 tokens sampled during training and the 12 after a 4-character prompt.
+TINY = tiny_overrides("train.seq_len=32", "train.log_every=5", "train.eval_every=10", "train.eval_batches=2",
+                      "train.checkpoint_every=10")
 
 
 def test_eval_without_a_run_exits_2(tmp_path, capsys):

@@ -3,11 +3,13 @@
 import json
 
 import pytest
+from tiny import tiny_overrides
 
 from experiments import ablations
 
-TINY = ["model.n_layer=1", "model.d_model=32", "model.n_heads=2", "train.seq_len=32", "train.batch_size=8",
-        "train.log_every=2", "train.eval_every=2", "train.eval_batches=1", "mesh.data=1", "mesh.tensor=8"]
+# One layer: two variants each compile a train and an eval step, and the runner does not care about depth.
+TINY = tiny_overrides("model.n_layer=1", "train.log_every=2", "train.eval_every=2", "train.eval_batches=1",
+                      "mesh.data=1", "mesh.tensor=8")
 
 
 @pytest.mark.slow

@@ -11,10 +11,10 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from tiny import tiny_config
 
 from jaxformer import generate as gen
 from jaxformer import objectives
-from jaxformer.config import get_preset, load_config, resolve
 from jaxformer.errors import UserError
 from jaxformer.model import build_model
 
@@ -23,17 +23,17 @@ PROMPTS = [[9, 10, 11], [12, 13, 14, 15, 16, 17, 18, 19, 20], [21]]  # lengths 3
 NEW = 24
 
 
-def tiny(preset: str = "decoder-tiny", *overrides: str, vocab: int = VOCAB, seed: int = 0):
-    base = ["model.n_layer=2", "model.d_model=32", "model.n_heads=4", "model.max_seq_len=64", "train.seq_len=64",
-            "model.tie_embeddings=false"]
-    cfg = resolve(load_config(preset, base + list(overrides)), vocab_size=vocab, n_devices=1)
+def tiny_model(kind: str = "clm", *overrides: str, seed: int = 0):
+    """A random tiny model with a 64-token context (prompts plus NEW tokens fit) and an untied output head (so
+    `peaky` scales the logits alone)."""
+    cfg = tiny_config(kind, "train.seq_len=64", "model.tie_embeddings=false", *overrides, vocab_size=VOCAB)
     return build_model(cfg, seed=seed)
 
 
 @functools.cache  # one graphdef per configuration, so tests that share a model share its compiled functions
 def peaky(*overrides: str, scale: float = 100.0, seed: int = 0):
     """A random decoder whose logits are scaled up, so greedy choices are far apart compared to float noise."""
-    model = tiny("decoder-tiny", *overrides, seed=seed)
+    model = tiny_model("clm", *overrides, seed=seed)
     model.lm_head.kernel[...] = model.lm_head.kernel[...] * scale
     return nnx.split(model)
 
@@ -188,12 +188,12 @@ def test_refusals():
     with pytest.raises(UserError, match="vocabulary"):
         gen.generate(graphdef, params, [[VOCAB]], max_new_tokens=5)
     with pytest.raises(UserError, match="MASK"):
-        gen.fill_mask(*nnx.split(tiny("encoder-tiny")), [9, 10, 11])
+        gen.fill_mask(*nnx.split(tiny_model("mlm")), [9, 10, 11])
     # Which runs can sample or fill masks is the objective's to say (the CLI asks it before calling these).
     with pytest.raises(UserError, match="an encoder run with objective.kind=mlm: sample needs a decoder"):
-        objectives.for_config(get_preset("encoder-tiny")).require("sample", "runs/e")
+        objectives.for_config(tiny_config("mlm")).require("sample", "runs/e")
     with pytest.raises(UserError, match="a decoder run with objective.kind=clm: fill-mask needs an encoder"):
-        objectives.for_config(get_preset("decoder-tiny")).require("fill-mask", "runs/d")
+        objectives.for_config(tiny_config("clm")).require("fill-mask", "runs/d")
     assert gen.generate(graphdef, params, [[5] * 59], max_new_tokens=5, temperature=0.0)  # exactly fits
 
 
@@ -202,7 +202,7 @@ def test_refusals():
 def test_fill_mask_recovers_a_memorised_sentence():
     sentence = np.asarray([5, 17, 23, 9, 31, 12, 28, 14, 36, 19, 25, 11, 6])  # CLS ... SEP, all ids != MASK
     t = sentence.size
-    model = tiny("encoder-tiny", seed=3)
+    model = tiny_model("mlm", seed=3)
     graphdef, params = nnx.split(model)
     # Row i masks position i: the batch covers every position, so the model memorises all of them.
     inputs = np.tile(sentence, (t, 1))

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from tiny import tiny_config
 
 from jaxformer import generate as gen
-from jaxformer.config import load_config, resolve
 from jaxformer.errors import UserError
 from jaxformer.interop import from_hf, load_hf_params, to_hf_gpt2
 from jaxformer.model import build_model
@@ -82,9 +82,7 @@ def test_bert_parity(tmp_path, torch_threads):
 
 
 def test_export_of_a_trained_shape_decoder_without_biases(tmp_path, torch_threads):
-    cfg = resolve(load_config("decoder-tiny", ["model.n_layer=2", "model.d_model=32", "model.bias=false",
-                                               "model.max_seq_len=32", "train.seq_len=32"]),
-                  vocab_size=50, n_devices=1)
+    cfg = tiny_config("clm", "model.bias=false", "train.seq_len=32", vocab_size=50)  # context for 20 tokens
     model = build_model(cfg, seed=4)
     for _, node in nnx.iter_graph(model):  # move norm scales off 1 so a dropped norm would show
         if isinstance(node, nnx.Param) and node[...].ndim == 1:
@@ -107,8 +105,7 @@ def test_export_of_a_trained_shape_decoder_without_biases(tmp_path, torch_thread
 
 
 def test_refusals(tmp_path):
-    cfg = resolve(load_config("decoder-tiny", ["model.positions=rope", "model.n_layer=1", "model.d_model=32"]),
-                  vocab_size=20, n_devices=1)
+    cfg = tiny_config("clm", "model.positions=rope", vocab_size=20)
     with pytest.raises(UserError, match="RoPE|positions"):
         to_hf_gpt2(cfg, nnx.split(build_model(cfg))[1], tmp_path / "out")
     with pytest.raises(UserError, match="No weights"):

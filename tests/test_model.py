@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from tiny import tiny_config
 
 from jaxformer.config import load_config, resolve
 from jaxformer.model import build_model
@@ -19,10 +20,9 @@ from jaxformer.model import build_model
 D, N, V, T, B = 16, 4, 37, 8, 2
 
 
-def make_cfg(preset: str = "decoder-tiny", **model):
-    overrides = ["model.n_layer=2", f"model.d_model={D}", f"model.n_heads={N}", "train.seq_len=16",
-                 "train.batch_size=2"] + [f"model.{k}={v}" for k, v in model.items()]
-    return resolve(load_config(preset, overrides), vocab_size=V, n_devices=1)
+def make_cfg(kind: str = "clm", **model):
+    """The tiny config at the width and vocabulary the references here use (D, N, V), `model` keys on top."""
+    return tiny_config(kind, vocab_size=V, model=dict(d_model=D, n_heads=N) | model)
 
 
 def randomize(module: nnx.Module, seed: int, std: float = 0.3) -> None:
@@ -138,21 +138,21 @@ def ref_forward(net, tok, causal):
 
 
 VARIANTS = {
-    # name: (preset, causal, model overrides)
-    "gpt2": ("decoder-tiny", True, dict()),
-    "bert": ("encoder-tiny", False, dict(post_norm=True, embed_norm=True, gelu_approximate=False, norm_eps=1e-12)),
-    "llama": ("decoder-tiny", True, dict(positions="rope", norm="rmsnorm", mlp="swiglu", bias=False, n_kv_heads=2,
-                                         tie_embeddings=False)),
-    "geglu-window": ("encoder-tiny", False, dict(positions="sinusoidal", mlp="geglu", n_kv_heads=1, window=3,
-                                                 global_every=2, embed_norm=True, norm="rmsnorm")),
-    "causal-window": ("decoder-tiny", True, dict(positions="rope", window=2, n_kv_heads=2)),
+    # name: (objective kind, causal, model overrides)
+    "gpt2": ("clm", True, dict()),
+    "bert": ("mlm", False, dict(post_norm=True, embed_norm=True, gelu_approximate=False, norm_eps=1e-12)),
+    "llama": ("clm", True, dict(positions="rope", norm="rmsnorm", mlp="swiglu", bias=False, n_kv_heads=2,
+                                tie_embeddings=False)),
+    "geglu-window": ("mlm", False, dict(positions="sinusoidal", mlp="geglu", n_kv_heads=1, window=3,
+                                        global_every=2, embed_norm=True, norm="rmsnorm")),
+    "causal-window": ("clm", True, dict(positions="rope", window=2, n_kv_heads=2)),
 }
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_forward_matches_naive_reference(name):
-    preset, causal, model = VARIANTS[name]
-    net = build_model(make_cfg(preset, **model))
+    kind, causal, model = VARIANTS[name]
+    net = build_model(make_cfg(kind, **model))
     randomize(net, 1)
     tok = tokens(1)
     h, aux, cache = net(tok, causal=causal)
@@ -160,7 +160,7 @@ def test_forward_matches_naive_reference(name):
     ref_h, ref_logits = ref_forward(net, tok, causal)
     np.testing.assert_allclose(h, ref_h, rtol=2e-4, atol=2e-4)
     np.testing.assert_allclose(net.logits(h), ref_logits, rtol=2e-4, atol=2e-4)
-    if preset == "encoder-tiny":  # BERT's MLM head: dense, GELU, norm, tied projection plus a vocabulary bias
+    if kind == "mlm":  # BERT's MLM head: dense, GELU, norm, tied projection plus a vocabulary bias
         m = net.cfg
         y = ref_gelu(ref_h @ arr(net.mlm_transform.kernel) + arr(net.mlm_transform.bias), m.gelu_approximate)
         y = ref_norm(y, net.mlm_norm, m.norm, m.norm_eps)
@@ -244,15 +244,15 @@ PARAM_VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("preset,name", [("decoder-tiny", name) for name in PARAM_VARIANTS] + [
-    ("encoder-tiny", name) for name in ("mha", "post-embed-norm", "rmsnorm-nobias-untied")])  # + the MLM head
-def test_variant_params_and_structure(name, preset):
+@pytest.mark.parametrize("kind,name", [("clm", name) for name in PARAM_VARIANTS] + [
+    ("mlm", name) for name in ("mha", "post-embed-norm", "rmsnorm-nobias-untied")])  # + the MLM head
+def test_variant_params_and_structure(name, kind):
     model = dict(PARAM_VARIANTS[name])
     abstract = model.pop("abstract", False)  # odd shapes: count them without allocating or running
-    cfg = make_cfg(preset, **model)
+    cfg = make_cfg(kind, **model)
     m = cfg.model
     net = nnx.eval_shape(lambda: build_model(cfg)) if abstract else build_model(cfg)
-    assert n_params(net) == expected_params(m, mlm_head=preset == "encoder-tiny")
+    assert n_params(net) == expected_params(m, mlm_head=kind == "mlm")
     paths = {path: node for path, node in nnx.iter_graph(net) if isinstance(node, nnx.Param)}
     names = {p[-1] for p in paths}
     blk = net.blocks[0]
@@ -271,7 +271,7 @@ def test_variant_params_and_structure(name, preset):
         assert net.lm_head.kernel.shape == (d, V) and net.lm_head.bias is None
     if abstract:
         return
-    h_out, _, _ = net(tokens(), causal=preset == "decoder-tiny")
+    h_out, _, _ = net(tokens(), causal=kind == "clm")
     logits = net.logits(h_out)
     assert logits.shape == (B, T, V) and np.isfinite(np.asarray(logits)).all()
     w = arr(net.embed).T if m.tie_embeddings else arr(net.lm_head.kernel)
@@ -280,11 +280,11 @@ def test_variant_params_and_structure(name, preset):
 
 def test_post_norm_output_is_normalised():
     """Post-norm blocks end with a norm: with unit scale and zero bias every hidden row is standardised."""
-    net = build_model(make_cfg("encoder-tiny", post_norm=True))
+    net = build_model(make_cfg("mlm", post_norm=True))
     h, _, _ = net(tokens(), causal=False)
     np.testing.assert_allclose(np.asarray(h).mean(-1), 0.0, atol=1e-4)
     np.testing.assert_allclose(np.asarray(h).std(-1), 1.0, atol=1e-3)
-    pre = build_model(make_cfg("encoder-tiny", post_norm=False))
+    pre = build_model(make_cfg("mlm", post_norm=False))
     assert not np.allclose(pre(tokens(), causal=False)[0], h, atol=1e-3)
 
 
@@ -364,13 +364,13 @@ def test_dropout_only_with_rng():
 
 # ------------------------------------------------------------------------------------------- logical axes
 
-@pytest.mark.parametrize("preset,model", [
-    ("decoder-tiny", dict()),
-    ("encoder-tiny", dict(embed_norm=True, tie_embeddings=False, mlp="swiglu")),
-    ("decoder-tiny", dict(n_experts=4, moe_every=2, mlp="geglu", positions="rope", n_kv_heads=2)),
+@pytest.mark.parametrize("kind,model", [
+    ("clm", dict()),
+    ("mlm", dict(embed_norm=True, tie_embeddings=False, mlp="swiglu")),
+    ("clm", dict(n_experts=4, moe_every=2, mlp="geglu", positions="rope", n_kv_heads=2)),
 ])
-def test_every_param_has_logical_axes(preset, model):
-    net = build_model(make_cfg(preset, **model))
+def test_every_param_has_logical_axes(kind, model):
+    net = build_model(make_cfg(kind, **model))
     seen = 0
     for path, node in nnx.iter_graph(net):
         if isinstance(node, nnx.Param):

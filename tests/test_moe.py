@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from tiny import tiny_config
 
-from jaxformer.config import load_config, resolve
 from jaxformer.model import build_model
 from jaxformer.model.layers import MLP
 from jaxformer.model.moe import MoE
@@ -22,9 +22,8 @@ run_moe = nnx.jit(lambda moe, x: moe(x))
 
 
 def make_cfg(**model):
-    overrides = ["model.n_layer=2", f"model.d_model={D}", f"model.n_heads={N}", "train.seq_len=16",
-                 "train.batch_size=2", f"model.n_experts={E}"] + [f"model.{k}={v}" for k, v in model.items()]
-    return resolve(load_config("decoder-tiny", overrides), vocab_size=V, n_devices=1)
+    """The tiny decoder at the width, vocabulary and expert count the references here use, `model` keys on top."""
+    return tiny_config("clm", vocab_size=V, model=dict(d_model=D, n_heads=N, n_experts=E) | model)
 
 
 def make_moe(seed: int = 0, router_std: float = 1.0, **model):

@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny import tiny_config
 
-from jaxformer import config as config_lib
 from jaxformer import objectives
 from jaxformer.data.batching import batch_at
 from jaxformer.data.tokenizers import EOS
@@ -25,13 +25,11 @@ def _stream(rng, n_docs=30):
 @pytest.mark.parametrize("kind,positions", [("clm", "learned"), ("clm", "rope"), ("mlm", "learned"),
                                             ("mlm", "sinusoidal")])
 def test_packed_documents_do_not_see_each_other(kind, positions):
-    cfg = config_lib.load_config("decoder-tiny", [f"objective.kind={kind}", f"model.positions={positions}",
-                                                  "model.n_layer=2", "model.d_model=32", "model.n_heads=2",
-                                                  "train.seq_len=24", "data.packing=true"])
-    cfg = config_lib.resolve(cfg, vocab_size=V, n_devices=1)
+    # 24-token rows: two to five of the 3..12-token documents each
+    cfg = tiny_config(kind, f"model.positions={positions}", "train.seq_len=24", "data.packing=true", vocab_size=V)
     model = build_model(cfg)
     tokens = _stream(np.random.default_rng(0))
-    batch = batch_at(tokens, batch_size=4, seq_len=24, seed=0, step=0, packing=True)
+    batch = batch_at(tokens, batch_size=4, seq_len=cfg.train.seq_len, seed=0, step=0, packing=True)
     objective = objectives.for_config(cfg)
     ex = objective.prepare({k: jnp.asarray(v) for k, v in batch.items()}, jax.random.key(0))
     causal = objective.causal

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from tiny import tiny_config
 
-from jaxformer.config import load_config, resolve
 from jaxformer.model import build_model
 from jaxformer.model.positions import apply_rope, sinusoidal
 
@@ -106,9 +106,8 @@ def test_sinusoidal_matches_vaswani(d):
 # ------------------------------------------------------------------------------------------- in the model
 
 def tiny(positions: str, **model):
-    overrides = ["model.n_layer=2", "model.d_model=16", "model.n_heads=4", "train.seq_len=16",
-                 "train.batch_size=2", f"model.positions={positions}"] + [f"model.{k}={v}" for k, v in model.items()]
-    return resolve(load_config("decoder-tiny", overrides), vocab_size=37, n_devices=1)
+    """A tiny decoder 16 wide with a 16-token context (the learned table below is 16 x 16)."""
+    return tiny_config("clm", vocab_size=37, model=dict(d_model=16, positions=positions) | model)
 
 
 def test_rope_model_sees_only_relative_positions():

@@ -13,6 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from tiny import tiny_overrides
 
 from jaxformer import config as config_lib
 from jaxformer import distributed, parallel, rundir, train, trainer
@@ -23,9 +24,8 @@ from jaxformer.errors import CheckpointWriteError, NonFiniteError, UserError
 from jaxformer.run import open_run
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["model.n_layer=2", "model.d_model=32", "model.n_heads=2", "train.seq_len=16", "train.batch_size=8",
-        "train.log_every=2", "train.eval_every=0", "train.eval_batches=1", "train.checkpoint_every=2",
-        "optimizer.warmup_steps=0"]
+TINY = tiny_overrides("train.log_every=2", "train.eval_every=0", "train.eval_batches=1", "train.checkpoint_every=2",
+                      "optimizer.warmup_steps=0")
 
 
 def tiny_cfg(*extra: str) -> config_lib.Config:

@@ -6,21 +6,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny import VOCAB, tiny_config
 
 from jaxformer import config as config_lib
 from jaxformer import parallel, train
 from jaxformer.config import MeshConfig
 
-V = 64
-SMALL = ["model.n_layer=2", "model.d_model=32", "model.n_heads=4", "train.seq_len=16", "train.batch_size=8",
-         "optimizer.warmup_steps=0"]
+V = VOCAB  # the vocabulary of tiny_config: token ids below are drawn from [8, V)
+NO_WARMUP = ["optimizer.warmup_steps=0"]  # full learning rate from step 0, so two steps move the parameters
 
 
-def make_cfg(preset="decoder-tiny", extra=(), mesh=(1, 1, 1, 1)):
-    cfg = config_lib.load_config(preset, SMALL + list(extra))
-    cfg = config_lib.apply_overrides(cfg, dict(zip(["mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.expert"],
-                                                   map(str, mesh), strict=True)))
-    return config_lib.resolve(cfg, vocab_size=V, n_devices=int(np.prod(mesh)))
+def make_cfg(kind="clm", extra=(), mesh=(1, 1, 1, 1)):
+    sizes = dict(zip(["data", "fsdp", "tensor", "expert"], mesh, strict=True))
+    return tiny_config(kind, *NO_WARMUP, *extra, mesh=sizes)
 
 
 def fixed_batch(cfg, seed=0):
@@ -63,25 +61,25 @@ def test_tiny_presets_overfit_one_batch(preset):
 
 
 def test_encoder_and_decoder_compile_the_same_function():
-    for preset in ("decoder-tiny", "encoder-tiny"):
-        cfg = make_cfg(preset)
+    for kind in ("clm", "mlm"):
+        cfg = make_cfg(kind)
         mesh = parallel.make_mesh(cfg.mesh, jax.devices()[:1])
         _, shardings = train.init_train_state(cfg, mesh)
         assert train.compile_train_step(shardings, mesh).__wrapped__ is train.train_step
 
 
 CASES = {
-    "clm": ("decoder-tiny", []),
-    "mlm": ("encoder-tiny", []),
-    "moe": ("decoder-tiny", ["model.n_experts=4", "model.moe_top_k=2", "model.mlp=swiglu"]),
-    "gqa-rope": ("decoder-tiny", ["model.n_kv_heads=2", "model.positions=rope"]),
+    "clm": ("clm", []),
+    "mlm": ("mlm", []),
+    "moe": ("clm", ["model.n_experts=4", "model.moe_top_k=2", "model.mlp=swiglu"]),
+    "gqa-rope": ("clm", ["model.n_kv_heads=2", "model.positions=rope"]),
 }
 
 
 @functools.cache
 def one_device_run(case):
-    preset, extra = CASES[case]
-    state, losses = run_steps(make_cfg(preset, extra), 2, jax.devices()[:1])
+    kind, extra = CASES[case]
+    state, losses = run_steps(make_cfg(kind, extra), 2, jax.devices()[:1])
     return flat_params(state), losses
 
 
@@ -93,9 +91,9 @@ MESHES = {"2x2x2": (2, 2, 2, 1), "8x1x1": (8, 1, 1, 1), "2x1x2x2e": (2, 1, 2, 2)
 def test_sharded_step_matches_one_device(case, mesh):
     if len(jax.devices()) < 8:
         pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8 (set by tests/conftest.py)")
-    preset, extra = CASES[case]
+    kind, extra = CASES[case]
     params_one, losses_one = one_device_run(case)
-    many, losses_many = run_steps(make_cfg(preset, extra, MESHES[mesh]), 2)
+    many, losses_many = run_steps(make_cfg(kind, extra, MESHES[mesh]), 2)
     np.testing.assert_allclose(losses_many, losses_one, rtol=2e-5)
     # atol: where a true gradient is (nearly) zero — the key bias, weights of an expert few tokens reached — Adam
     # divides float noise by its own size, so the sum order of another mesh moves such weights by up to ~1e-5
@@ -107,10 +105,10 @@ def test_sharded_step_matches_one_device(case, mesh):
     assert any(s != "PartitionSpec()" for s in specs), specs
 
 
-@pytest.mark.parametrize("preset", ["decoder-tiny", "encoder-tiny"])
-def test_gradient_accumulation_equals_full_batch(preset):
-    whole, losses_whole = run_steps(make_cfg(preset), 2, jax.devices()[:1])
-    accum, losses_accum = run_steps(make_cfg(preset, ["train.grad_accum=4"]), 2, jax.devices()[:1])
+@pytest.mark.parametrize("kind", ["clm", "mlm"])
+def test_gradient_accumulation_equals_full_batch(kind):
+    whole, losses_whole = run_steps(make_cfg(kind), 2, jax.devices()[:1])
+    accum, losses_accum = run_steps(make_cfg(kind, ["train.grad_accum=4"]), 2, jax.devices()[:1])
     np.testing.assert_allclose(losses_accum, losses_whole, rtol=1e-5)
     for a, b in zip(flat_params(accum), flat_params(whole), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
