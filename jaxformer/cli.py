@@ -45,7 +45,16 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a run's latest checkpoint; prints one JSON object")
     p.add_argument("--workdir", required=True)
     p.add_argument("--split", default="valid", choices=["train", "valid"])
-    p.add_argument("--data", default=None, help="another data source to evaluate on (the run's tokenizer is used)")
+    p.add_argument("--data", default=None,
+                   help="held-out text (text:<file>, any data source) to score EVERY token of, once, with sliding "
+                        "windows (decoders): loss and perplexity per token, bits per byte, perplexity per word; "
+                        "without it: sampled windows of the run's --split")
+    p.add_argument("--stride", type=int, default=None,
+                   help="with --data: window step (default train.seq_len // 2); every token gets at least "
+                        "seq_len - stride + 1 tokens of context")
+    p.add_argument("--ngram", type=int, default=0, metavar="N",
+                   help="with --data: also report an interpolated Kneser-Ney N-gram counted on the run's training "
+                        "split with its tokenizer (the baseline)")
     p.add_argument("--batches", type=int, default=None, help="number of eval batches (default: train.eval_batches)")
 
     p = sub.add_parser("sample", help="continue prompt(s) with a decoder run")
@@ -100,8 +109,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from dataclasses import replace
-
     from jaxformer import trainer
     from jaxformer.data.pipeline import load_corpus
     from jaxformer.run import open_run
@@ -110,7 +117,15 @@ def cmd_eval(args) -> int:
     if not run.objective.token_level:
         raise UserError(f"{args.workdir} holds a fine-tuned classifier: its dev accuracy is in "
                         f"{args.workdir}/metrics.jsonl (valid_accuracy); eval scores language-model runs.")
-    data_cfg = replace(run.cfg.data, source=args.data) if args.data else run.cfg.data
+    if args.data:
+        from jaxformer.evaluation import heldout
+
+        out = heldout.evaluate_text(run, args.data, stride=args.stride, ngram_order=args.ngram)
+        print(json.dumps({"step": run.step, "source": args.data, **out}))
+        return 0
+    if args.stride or args.ngram:
+        raise UserError("--stride and --ngram apply to held-out evaluation: give the text with --data.")
+    data_cfg = run.cfg.data
     run.corpus = load_corpus(data_cfg, args.workdir, show_progress=False)
     out = trainer.evaluate(run, split=args.split, n_batches=args.batches)
     print(json.dumps({"step": run.step, "split": args.split, "source": data_cfg.source, **out}))

@@ -73,8 +73,8 @@ class DataConfig:
     # builtin | text:<file|glob|dir> | tfds:<name>[/config][:split]; a path written @data/<path> is <path> under
     # the data root ($JAXFORMER_DATA, default ./data)
     source: str = "builtin"
-    tokenizer: str = "char"  # char | byte | bpe | unigram
-    vocab_size: int = 8192  # for bpe / unigram
+    tokenizer: str = "char"  # char | byte | bpe | unigram | word (whitespace words + line ends, e.g. PTB)
+    vocab_size: int = 8192  # for bpe / unigram (char and word keep every symbol of the training split)
     valid_fraction: float = 0.1  # the last fraction of the corpus is the validation split
     packing: bool = False  # document-aware windows: attention and positions never cross documents
     cache_dir: str = ""  # token cache; empty: ~/.cache/jaxformer
@@ -298,7 +298,7 @@ def validate(cfg: Config, n_devices: int | None = None) -> None:
                "model.dtype": (m.dtype, ("float32", "bfloat16")),
                "model.param_dtype": (m.param_dtype, ("float32", "bfloat16")),
                "objective.kind": (o.kind, tuple(OBJECTIVES)),
-               "data.tokenizer": (d.tokenizer, ("char", "byte", "bpe", "unigram")),
+               "data.tokenizer": (d.tokenizer, ("char", "byte", "bpe", "unigram", "word")),
                "train.on_nonfinite": (t.on_nonfinite, ("stop", "skip"))}
     for key, (value, allowed) in choices.items():
         _check(value in allowed, f"Bad value {value!r} for {key}: choose one of {', '.join(allowed)}.")

@@ -1,11 +1,14 @@
-"""Tokenizers (char, byte, SentencePiece BPE / unigram) that share one fixed table of special-token ids.
+"""Tokenizers (char, byte, SentencePiece BPE / unigram, word) that share one fixed table of special-token ids.
 
 Every tokenizer reserves ids 0..7 for the same specials, so code downstream (MLM masking, padding, packing)
 can test `id < N_SPECIAL` without knowing which tokenizer a run used. Ordinary tokens start at N_SPECIAL.
 
 The literal texts "[MASK]", "[CLS]" and "[SEP]" inside input text encode to their special ids in every
-tokenizer (fill-mask writes "[MASK]" into a prompt). `decode` drops every special id. `encode` takes any str:
-lone surrogates (which no UTF encoding accepts) are read as U+FFFD.
+tokenizer (fill-mask writes "[MASK]" into a prompt). `decode` drops every special id (the word tokenizer writes
+UNK as "<unk>"). `encode` takes any str: lone surrogates (which no UTF encoding accepts) are read as U+FFFD.
+
+char, byte, bpe and unigram give text back exactly (`EXACT_KINDS`); `word` keeps the words and the line ends
+and normalises other whitespace (word-level corpora such as Penn Treebank are whitespace-tokenized already).
 
 A tokenizer is saved as `<workdir>/tokenizer/tokenizer.json` (+ `spm.model` for SentencePiece) and reused on
 resume; its `fingerprint` keys the token cache and guards against resuming with a different tokenizer.
@@ -35,7 +38,8 @@ SPECIAL_TOKENS = {"[PAD]": PAD, "[UNK]": UNK, "[BOS]": BOS, "[EOS]": EOS, "[MASK
 LITERAL_SPECIALS = {"[MASK]": MASK, "[CLS]": CLS, "[SEP]": SEP}
 _LITERAL_RE = re.compile("(" + "|".join(re.escape(t) for t in LITERAL_SPECIALS) + ")")
 
-KINDS = ("char", "byte", "bpe", "unigram")
+EXACT_KINDS = ("char", "byte", "bpe", "unigram")  # decode(encode(text)) == text for text they can represent
+KINDS = (*EXACT_KINDS, "word")
 TOKENIZER_DIR = "tokenizer"
 _META_FILE = "tokenizer.json"
 _SPM_FILE = "spm.model"
@@ -262,6 +266,65 @@ class SentencePieceTokenizer(Tokenizer):
         return {_SPM_FILE: self.model_proto}
 
 
+UNK_WORD = "<unk>"  # how word-level corpora (PTB) write an out-of-vocabulary word; read and written as UNK
+END_OF_LINE = "\n"  # the word tokenizer's token for a line end (PTB's "<eos>"): always the first word id
+
+
+class WordTokenizer(Tokenizer):
+    """Whitespace-separated words plus one token per line end; the vocabulary is every word of the training text
+    (`data.vocab_size` is not used), most frequent first. Words it never saw, and the literal word "<unk>", are
+    UNK. `decode` joins words with one space, lines with a newline."""
+
+    kind = "word"
+
+    def __init__(self, words: Iterable[str]):
+        self.words = [END_OF_LINE, *(w for w in words if w != END_OF_LINE)]
+        self._index = {w: i + N_SPECIAL for i, w in enumerate(self.words)}
+        self._index[UNK_WORD] = UNK
+
+    @classmethod
+    def train(cls, text: str) -> WordTokenizer:
+        from collections import Counter
+
+        counts = Counter(_without_surrogates(text).split())
+        for word in (UNK_WORD, *LITERAL_SPECIALS):
+            counts.pop(word, None)
+        return cls(sorted(counts, key=lambda w: (-counts[w], w)))  # frequency order, ties by spelling: stable
+
+    @property
+    def vocab_size(self) -> int:
+        return N_SPECIAL + len(self.words)
+
+    def _encode_plain(self, text: str) -> np.ndarray:
+        index, eol = self._index, self._index[END_OF_LINE]
+        ids: list[int] = []
+        lines = text.split("\n")
+        for i, line in enumerate(lines):
+            ids += [index.get(w, UNK) for w in line.split()]
+            if i < len(lines) - 1:
+                ids.append(eol)
+        return np.asarray(ids, dtype=np.int32)
+
+    def decode(self, ids: Iterable[int] | np.ndarray) -> str:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        ids = ids[((ids >= N_SPECIAL) & (ids < self.vocab_size)) | (ids == UNK)]
+        lines, line = [], []
+        for i in ids.tolist():
+            word = UNK_WORD if i == UNK else self.words[i - N_SPECIAL]
+            if word == END_OF_LINE:
+                lines.append(" ".join(line) + END_OF_LINE)
+                line = []
+            else:
+                line.append(word)
+        return "".join(lines) + " ".join(line)
+
+    def _content(self) -> bytes:
+        return ("word\0" + "\0".join(self.words)).encode("utf-8", "surrogatepass")
+
+    def _meta(self) -> dict:
+        return {"words": self.words}
+
+
 def _training_chunks(text: str, size: int = 4096) -> Iterator[str]:
     """Feed SentencePiece pieces of ~size chars cut after a newline, so that "\\n" is part of the vocabulary
     (splitting into lines would drop it and break the round trip)."""
@@ -280,6 +343,8 @@ def train_tokenizer(kind: str, train_text: str, vocab_size: int) -> Tokenizer:
         return ByteTokenizer()
     if kind in ("bpe", "unigram"):
         return SentencePieceTokenizer.train(kind, train_text, vocab_size)
+    if kind == "word":
+        return WordTokenizer.train(train_text)
     raise UserError(f"Unknown tokenizer '{kind}' in data.tokenizer: choose one of {', '.join(KINDS)}.")
 
 
@@ -300,6 +365,8 @@ def load_tokenizer(workdir: str | os.PathLike | None) -> Tokenizer | None:
             tok: Tokenizer = CharTokenizer(meta["chars"])
         elif kind == "byte":
             tok = ByteTokenizer()
+        elif kind == "word":
+            tok = WordTokenizer(meta["words"])
         else:
             tok = SentencePieceTokenizer((folder / _SPM_FILE).read_bytes(), kind)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
