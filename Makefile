@@ -58,4 +58,4 @@ ablate-%:  ## run an ablation grid (positions, norms, attention, mlp, moe, mask-
 	$(PY) -m experiments.ablations $* --steps $(ABLATION_STEPS) --out $(WORKDIR)/ablations
 
 notebooks:  ## execute the jupytext notebooks into .ipynb (needs the dev extra: jupytext, nbclient, ipykernel)
-	cd notebooks && jupytext --to ipynb --execute encoder_vs_decoder.py
+	cd notebooks && for nb in *.py; do jupytext --to ipynb --execute $$nb || exit 1; done

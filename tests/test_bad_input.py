@@ -180,6 +180,14 @@ def test_eval_on_a_binary_data_file(runs, tmp_path, capsys):
     assert _snapshot(runs["decoder"]) == before
 
 
+def test_eval_data_on_an_encoder_or_with_a_bad_stride(runs, tmp_path, capsys):
+    (tmp_path / "held-out.txt").write_text("some held-out text\n")
+    data = ["--data", f"text:{tmp_path / 'held-out.txt'}"]
+    refused(capsys, ["eval", "--workdir", str(runs["encoder"]), *data], "held-out evaluation of every token (--data) "
+            "needs a decoder")
+    refused(capsys, ["eval", "--workdir", str(runs["decoder"]), *data, "--stride", "0"], "--stride 0 must be between 1")
+
+
 # ---------------------------------------------------------------------------------------------- classification tasks
 
 def _tsv(rows: list[tuple[str, str]], header: str = "text\tlabel") -> str:

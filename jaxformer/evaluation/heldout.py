@@ -86,7 +86,7 @@ def score_tokens(run, tokens: np.ndarray, *, stride: int | None = None, batch_si
     """Every token of `tokens` scored once by `run`'s decoder (see the module docstring)."""
     require_decoder(run)
     seq_len = seq_len or run.cfg.train.seq_len
-    stride = stride or max(seq_len // 2, 1)
+    stride = max(seq_len // 2, 1) if stride is None else stride
     n = len(tokens)
     stream = np.concatenate([[EOS], np.asarray(tokens, np.int64), np.full(seq_len, PAD)])  # PAD: short texts
     plan = window_plan(n, seq_len, stride)
@@ -160,7 +160,7 @@ def evaluate_text(run, spec: str, *, stride: int | None = None, batch_size: int 
     if not len(tokens):
         raise UserError(f"--data {spec} has no tokens under this run's tokenizer: point it at a text file.")
     seq_len = run.cfg.train.seq_len
-    stride = stride or max(seq_len // 2, 1)
+    stride = max(seq_len // 2, 1) if stride is None else stride
     scores = score_tokens(run, tokens, stride=stride, batch_size=batch_size, seq_len=seq_len)
     counts = {**text_counts(documents), "n_unk": int(np.sum(tokens == UNK))}
     out = {**summary(float(scores.nll.sum()), len(tokens), counts), "seq_len": seq_len, "stride": stride,

@@ -37,10 +37,25 @@ def attention_mask(q_pos_BxT: jax.Array, k_pos_BxS: jax.Array, *, causal: bool, 
     return mask
 
 
+def attention_probs(q_BxTxNxH: jax.Array, k_BxSxGxH: jax.Array, mask_Bx1xTxS: jax.Array) -> jax.Array:
+    """Inspection only: the softmax weights [B, N, T, S] that `jax.nn.dot_product_attention` applies to V, written
+    out in float32 (query head i reads KV head i // (N / G), as the kernel groups them). Training never calls it:
+    the kernel keeps its own, fused computation."""
+    n, g, h = q_BxTxNxH.shape[2], k_BxSxGxH.shape[2], q_BxTxNxH.shape[3]
+    k_BxSxNxH = jnp.repeat(k_BxSxGxH, n // g, axis=2)
+    scores_BxNxTxS = jnp.einsum("btnh,bsnh->bnts", q_BxTxNxH.astype(jnp.float32),
+                                k_BxSxNxH.astype(jnp.float32)) / jnp.sqrt(jnp.float32(h))
+    scores_BxNxTxS = jnp.where(mask_Bx1xTxS, scores_BxNxTxS, -jnp.inf)
+    return jax.nn.softmax(scores_BxNxTxS, axis=-1)
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, window: int, rngs: nnx.Rngs):
         d, n, k, h = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.window, self.positions, self.rope_theta = window, cfg.positions, cfg.rope_theta
+        # Inspection (jaxformer/model/inspect.py) sets this on a model copy to sow the attention weights; False,
+        # the call below traces exactly as without it.
+        self.record_probs = False
         self.q = Linear("btd,dnh->btnh", (d, n, h), ("embed", "heads", "head_dim"), bias_shape=(n, h),
                         bias_axes=("heads", "head_dim"), cfg=cfg, rngs=rngs)
         self.k = Linear("btd,dkh->btkh", (d, k, h), ("embed", "kv_heads", "head_dim"), bias_shape=(k, h),
@@ -57,6 +72,10 @@ class Attention(nnx.Module):
         if self.positions == "rope":
             q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, self.rope_theta)
             k_BxTxGxH = apply_rope(k_BxTxGxH, positions_BxT, self.rope_theta)
+        if self.record_probs and cache is None:
+            mask = attention_mask(positions_BxT, positions_BxT, causal=causal, window=self.window,
+                                  q_seg_BxT=segment_ids_BxT, k_seg_BxS=segment_ids_BxT)
+            self.sow(nnx.Intermediate, "probs", attention_probs(q_BxTxNxH, k_BxTxGxH, mask))
         if cache is not None:
             out, cache = self._attend_cached(q_BxTxNxH, k_BxTxGxH, v_BxTxGxH, positions_BxT, causal, cache)
         elif segment_ids_BxT is None:
