@@ -123,6 +123,9 @@ for t in temperatures:
 
 # %% [markdown]
 # ## The encoder: fill in the blank from both sides
+# (After a few hundred steps with the tiny preset's learned absolute positions, the encoder still sits near the
+# unigram plateau the README describes and mostly guesses frequent characters; `model.positions=rope` or more steps
+# get it past that.)
 
 # %%
 enc = runs["encoder"]
