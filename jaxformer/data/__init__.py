@@ -26,12 +26,13 @@ from jaxformer.data.tokenizers import (
     CharTokenizer,
     SentencePieceTokenizer,
     Tokenizer,
+    WordTokenizer,
     load_tokenizer,
 )
 
 __all__ = [
     "BOS", "CLS", "EOS", "MASK", "N_SPECIAL", "PAD", "SEP", "SPECIAL_TOKENS", "UNK",
-    "ByteTokenizer", "CharTokenizer", "Corpus", "SentencePieceTokenizer", "Tokenizer",
+    "ByteTokenizer", "CharTokenizer", "Corpus", "SentencePieceTokenizer", "Tokenizer", "WordTokenizer",
     "batch_at", "data_root", "eval_batches", "global_batch", "load_corpus", "load_tokenizer",
     "packing_arrays", "window_starts",
 ]
