@@ -12,7 +12,12 @@ export JAXFORMER_DATA := $(abspath $(REPO_DIR)../shared/data)
 endif
 endif
 
-.PHONY: help install install-test test test-fast lint train train-encoder shakespeare params bench clean
+# Named experiments (experiments/<name>.py files that set a PRESET; `make experiments` lists them): `make <name>`
+# trains one into $(WORKDIR)/<name>.
+EXPERIMENTS := $(subst _,-,$(basename $(notdir $(shell grep -l '^PRESET = ' $(REPO_DIR)experiments/*.py))))
+
+.PHONY: help install install-test test test-fast lint train train-encoder shakespeare params bench clean experiments \
+	$(EXPERIMENTS)
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -42,8 +47,14 @@ train-encoder:  ## the same data and step, as a masked-LM encoder
 shakespeare:  ## nanoGPT's CPU shakespeare_char "baby" run (needs tinyshakespeare/ under JAXFORMER_DATA)
 	jaxformer train --preset shakespeare-char-cpu --workdir $(WORKDIR)/shakespeare-char-cpu
 
-params:  ## parameter counts of the named presets
+params:  ## parameters and FLOPs per component of the named presets
 	for p in decoder-tiny encoder-tiny gpt2-small bert-base gpt3-175b; do echo "== $$p"; jaxformer params --preset $$p; done
+
+experiments:  ## list the named experiments (`make <name>` trains one; each file's docstring has its expected result)
+	jaxformer params --list-experiments
+
+$(EXPERIMENTS):
+	jaxformer train --experiment $@ --workdir $(WORKDIR)/$@
 
 bench:  ## benchmarks, writing JSON under bench/
 	$(PY) benchmarks/bench_input.py --out bench/input.json
@@ -58,4 +69,4 @@ ablate-%:  ## run an ablation grid (positions, norms, attention, mlp, moe, mask-
 	$(PY) -m experiments.ablations $* --steps $(ABLATION_STEPS) --out $(WORKDIR)/ablations
 
 notebooks:  ## execute the jupytext notebooks into .ipynb (needs the dev extra: jupytext, nbclient, ipykernel)
-	cd notebooks && jupytext --to ipynb --execute encoder_vs_decoder.py
+	cd notebooks && for nb in *.py; do jupytext --to ipynb --execute $$nb || exit 1; done

@@ -17,15 +17,32 @@ from jaxformer.errors import EXIT_PREEMPTED, JaxformerError, UserError
 DEFAULT_PRESET = "decoder-tiny"
 
 
-def _add_config_args(p: argparse.ArgumentParser, *, preset_default: str | None = DEFAULT_PRESET) -> None:
-    p.add_argument("--preset", default=preset_default,
-                   help=f"named config (default {preset_default}); see `jaxformer params --list-presets`")
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default=None,
+                   help=f"named config (default {DEFAULT_PRESET}); see `jaxformer params --list-presets`")
+    p.add_argument("--experiment", default=None,
+                   help="named experiment from experiments/ (its preset and overrides; --set still wins); see "
+                        "`jaxformer params --list-experiments`")
     p.add_argument("--set", dest="overrides", action="append", default=[], nargs="+", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set model.n_kv_heads=2 train.steps=200 (repeatable)")
 
 
 def _overrides(args) -> list[str]:
     return [item for group in args.overrides for item in group]
+
+
+def _load_config(args):
+    """The config named by --experiment or --preset, with the --set overrides applied last."""
+    from jaxformer import config as config_lib
+
+    if args.experiment is None:
+        return config_lib.load_config(args.preset or DEFAULT_PRESET, _overrides(args))
+    if args.preset is not None:
+        raise UserError("Give --experiment or --preset, not both: an experiment names its own preset "
+                        "(change its values with --set).")
+    from jaxformer import experiments
+
+    return experiments.load_config(args.experiment, _overrides(args))
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -76,6 +93,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--list-presets", action="store_true")
+    p.add_argument("--list-experiments", action="store_true", help="the named experiments in experiments/")
 
     from jaxformer import timing  # stdlib-only at import time: the parser stays fast
 
@@ -92,7 +110,7 @@ def cmd_train(args) -> int:
     from jaxformer import config as config_lib
     from jaxformer import report, trainer
 
-    cfg = config_lib.load_config(args.preset, _overrides(args))
+    cfg = _load_config(args)
     config_lib.resolve(cfg, n_devices=jax.device_count())  # every check that needs no data, before any is read
     result = trainer.train_loop(cfg, args.workdir, show_progress=not args.no_progress, extend=args.extend)
     report.print_training_summary(args.workdir, result, sample_tokens=args.sample_tokens)
@@ -174,7 +192,13 @@ def cmd_params(args) -> int:
     if args.list_presets:
         print("\n".join(config_lib.PRESETS))
         return 0
-    cfg = config_lib.load_config(args.preset, _overrides(args))
+    if args.list_experiments:
+        from jaxformer import experiments
+
+        for experiment in experiments.all_experiments().values():
+            print(f"{experiment.name:24s} {experiment.summary}")
+        return 0
+    cfg = _load_config(args)
     counts = params_lib.count(cfg)
     if args.json:
         print(json.dumps(counts))
