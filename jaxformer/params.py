@@ -120,14 +120,15 @@ def count(cfg: config_lib.Config) -> dict:
         keys = _keys(path)
         name = _component(keys)
         # A block of the period stands for every layer at its place in the period.
-        size = math.prod(leaf.shape) * (len(range(keys[1], m.n_layer, period)) if keys[0] == "blocks" else 1)
+        layers = len(range(keys[1], m.n_layer, period)) if keys[0] == "blocks" else 1
+        size = math.prod(leaf.shape) * layers
         params[name] += size
         if keys[-1] in ("bias", "scale", "mlm_bias") or name in ("embedding", "positions", "norms", "lm_head"):
             continue  # elementwise, a gather, or (lm_head) counted once below from the config
         if name == "experts":  # [E, d, f] or [E, f, d]: top_k experts per token ideally, E x capacity slots run
             executed[name] += 2 * size * capacity / t
             ideal[name] += 2 * size * m.moe_top_k / m.n_experts
-            matrices, matrix_weights = matrices + leaf.shape[0] * size // math.prod(leaf.shape), matrix_weights + size
+            matrices, matrix_weights = matrices + leaf.shape[0] * layers, matrix_weights + size
             continue
         per_token = 2 * size
         fraction = (executed_fraction, ideal_fraction) if name in HEADS else (1.0, 1.0)
@@ -135,7 +136,7 @@ def count(cfg: config_lib.Config) -> dict:
         ideal[name] += per_token * fraction[1]
         # Walk-through convention: one matrix per query/key/value head, one per other kernel.
         per_leaf = leaf.shape[1] if name in ("attention.q", "attention.k", "attention.v") else 1
-        matrices += per_leaf * size // math.prod(leaf.shape)
+        matrices += per_leaf * layers
         matrix_weights += size
 
     vocab_projection = 2 * m.d_model * m.vocab_size
