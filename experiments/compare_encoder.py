@@ -5,9 +5,10 @@ same data, budget and seed as compare-decoder.
 
 Command:  make compare-encoder
           jaxformer train --experiment compare-encoder --workdir runs/compare-encoder
-Expected: an MLM validation loss near the character unigram plateau (about 3.0 nats) at this budget: with
-          learned absolute positions the encoder needs hundreds of steps to leave it (README).
-Measured: see MEASURED below (2 CPU cores, fp32, jax 0.10.2).
+Expected: an MLM validation loss still near the characters' unigram entropy (3.31 nats on this file) at this
+          budget: with learned absolute positions the encoder needs hundreds of steps to leave that plateau (README).
+Measured: validation loss 3.29 (step 50) -> 3.16 (step 300), accuracy 0.21 on the masked characters; 4 min 39 s
+          on 2 shared CPU cores (load ~10), fp32, jax 0.10.2.
 """
 
 PRESET = "encoder-tiny"
