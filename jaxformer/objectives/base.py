@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxformer.data.tokenizer_base import DEFAULT_SPECIALS, SpecialIds
 from jaxformer.errors import UserError
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ ABILITY_COMMANDS = {"sample": "jaxformer sample", "fill-mask": "jaxformer fill-m
 class Objective:
     cfg: ObjectiveConfig
     vocab_size: int
+    specials: SpecialIds = DEFAULT_SPECIALS  # the vocabulary's PAD/EOS/MASK/... ids (data.special_ids)
 
     kind: ClassVar[str]
     head: ClassVar[str]  # the Transformer head it trains: "lm", "mlm" or "classifier"
