@@ -1,4 +1,4 @@
-"""`jaxformer train | eval | sample | fill-mask | finetune | params | bench`.
+"""`jaxformer train | eval | sample | fill-mask | finetune | import-hf | export-hf | params | bench`.
 
 Exit codes (see jaxformer/errors.py): 0 done, 2 bad input, 3 stopped at a non-finite loss, 4 checkpoint write
 failed, 75 preempted after saving (re-run to resume), 1 anything else.
@@ -72,6 +72,19 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the fine-tuning run directory; re-running on it resumes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    p = sub.add_parser("import-hf", help="turn a local Hugging Face GPT-2 or BERT folder (config.json, weights, "
+                                         "tokenizer.json) into a run directory that sample/eval/fill-mask/finetune use")
+    p.add_argument("model", help="the saved model folder (as save_pretrained writes it)")
+    p.add_argument("--workdir", required=True, help="the new run directory (must not exist or be empty)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], nargs="+", metavar="KEY=VALUE",
+                   help="settings that the model does not fix, e.g. --set data.source=text:corpus.txt "
+                        "train.seq_len=256 (repeatable)")
+
+    p = sub.add_parser("export-hf", help="write a run's newest checkpoint as a Hugging Face folder: GPT-2 from a "
+                                         "clm run, BERT from an mlm run")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--out", required=True, help="the new model folder (must not exist or be empty)")
+
     p = sub.add_parser("params", help="parameter and FLOP counts of a config (no allocation)")
     _add_config_args(p)
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -128,14 +141,13 @@ def _open_for(workdir: str, ability: str):
 
 def cmd_sample(args) -> int:
     from jaxformer import generate
-    from jaxformer.data.tokenizers import EOS
 
     run = _open_for(args.workdir, "sample")
     tokenizer, graphdef, params = run.tokenizer, run.state.graphdef, run.state.params
     prompts = [tokenizer.encode(p) for p in args.prompt]
     outs = generate.generate(graphdef, params, prompts, max_new_tokens=args.max_new_tokens,
                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                             eos_id=EOS)
+                             eos_id=tokenizer.special_ids.eos)
     for prompt, new in zip(args.prompt, outs, strict=True):
         print(prompt + tokenizer.decode(new))
         if len(outs) > 1:
@@ -148,11 +160,13 @@ def cmd_fill_mask(args) -> int:
 
     run = _open_for(args.workdir, "fill-mask")
     tokenizer = run.tokenizer
-    if "[MASK]" not in args.text:
-        raise UserError("The text has no [MASK]: write [MASK] where a token should be predicted.")
-    results = generate.fill_mask(run.state.graphdef, run.state.params, tokenizer.encode(args.text), top_k=args.top_k)
+    mask = tokenizer.mask_token or "[MASK]"
+    if mask not in args.text:
+        raise UserError(f"The text has no {mask}: write {mask} where a token should be predicted.")
+    results = generate.fill_mask(run.state.graphdef, run.state.params, tokenizer.encode(args.text), top_k=args.top_k,
+                                 mask_id=tokenizer.special_ids.mask)
     for i, candidates in enumerate(results):
-        print(f"[MASK] #{i + 1}:")
+        print(f"{mask} #{i + 1}:")
         for token_id, prob in candidates:
             print(f"  {tokenizer.decode([token_id])!r:>12}  {prob:.4f}")
     return 0
@@ -165,6 +179,30 @@ def cmd_finetune(args) -> int:
                                show_progress=not args.no_progress)
     finetune.print_summary(args.out, result)
     return EXIT_PREEMPTED if result["preempted"] else 0
+
+
+def cmd_import_hf(args) -> int:
+    from jaxformer import report
+    from jaxformer.hf import import_run
+    from jaxformer.objectives import OBJECTIVES
+
+    result = import_run(args.model, args.workdir, _overrides(args))
+    print(f"imported {result['model_type']} ({result['n_params']:,} parameters, vocabulary of "
+          f"{result['vocab_size']:,}) from {args.model} as an objective.kind={result['objective']} run")
+    report.print_next_steps(args.workdir, None, abilities=OBJECTIVES[result["objective"]].abilities)
+    return 0
+
+
+def cmd_export_hf(args) -> int:
+    from jaxformer.hf import export_run
+
+    result = export_run(args.workdir, args.out)
+    auto = "AutoModelForCausalLM" if result["model_type"] == "gpt2" else "AutoModelForMaskedLM"
+    tokenizer = ("with its tokenizer" if result["tokenizer"] else
+                 "without a tokenizer (jaxformer's own tokenizers have no Hugging Face form; encode with the run's)")
+    print(f"wrote {result['model_type']} from step {result['step']} of {args.workdir} to {args.out} {tokenizer}; "
+          f"load it with transformers.{auto}.from_pretrained({str(args.out)!r})")
+    return 0
 
 
 def cmd_params(args) -> int:
@@ -190,7 +228,8 @@ def cmd_bench(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "fill-mask": cmd_fill_mask,
-            "finetune": cmd_finetune, "params": cmd_params, "bench": cmd_bench}
+            "finetune": cmd_finetune, "import-hf": cmd_import_hf, "export-hf": cmd_export_hf, "params": cmd_params,
+            "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,9 @@ fine-tuning run gets `objective.kind=classify` and trains with THE train step, t
 checkpointing and loop (`trainer.fit`) as pretraining. Only the batches differ: {"tokens": [B, T], "labels": [B]}.
 
 - Inputs: an encoder sees `[CLS] text [SEP]` (bidirectional), a decoder `text [EOS]` (causal); texts are
-  truncated to fit `train.seq_len` and right-padded with PAD, which no real token attends to.
+  truncated to fit `train.seq_len` and right-padded with PAD (EOS for a vocabulary without PAD, as an imported
+  GPT-2's: its closing EOS then counts as padding, so `last` pools the last text token), which no real token
+  attends to. All ids are the run's tokenizer's own (`special_ids`).
 - Pooling (`objective.pooling`): `cls` (encoder default), `last` real token (decoder default) or `mean` of the
   real tokens; the classifier head (Linear d_model -> n_classes) is created fresh on the pretrained backbone.
 - `objective.linear_probe=true` trains the head only: the backbone gets stop_gradient and an optimizer that
@@ -151,7 +153,8 @@ def finetune(workdir: str | Path, task: str, out: str | Path, overrides: list[st
         run.write_run_files()
         t = run.cfg.train
         procs = {"process_index": jax.process_index(), "process_count": jax.process_count()}
-        dev_batches = classification_eval_batches(dev_x, dev_labels, t.batch_size, **procs)
+        dev_batches = classification_eval_batches(dev_x, dev_labels, t.batch_size, **procs,
+                                                  fill_id=tokenizer.special_ids.fill)
         sharding = parallel.batch_sharding(run.mesh, ndim=1)
         eval_fn = train.compile_eval_step(run.shardings, run.mesh)
         result = trainer.fit(

@@ -23,6 +23,7 @@ from jaxformer import metrics as metrics_lib
 from jaxformer import parallel, rundir, train
 from jaxformer.checkpoint import Checkpointer
 from jaxformer.data.batching import batch_at, eval_batches, global_batch
+from jaxformer.data.tokenizers import SpecialIds
 from jaxformer.errors import NonFiniteError
 from jaxformer.run import Run, open_run
 
@@ -33,8 +34,13 @@ EVAL_MASK_SEED = 1234  # MLM eval masks are drawn from this fixed seed so eval l
 def make_batch(cfg: config_lib.Config, tokens: np.ndarray, step: int, mesh) -> dict:
     local = batch_at(tokens, batch_size=cfg.train.batch_size, seq_len=cfg.train.seq_len, seed=cfg.train.seed,
                      step=step, process_index=jax.process_index(), process_count=jax.process_count(),
-                     packing=cfg.data.packing)
+                     packing=cfg.data.packing, eos_id=_document_separator(cfg))
     return global_batch(local, parallel.batch_sharding(mesh))
+
+
+def _document_separator(cfg: config_lib.Config) -> int:
+    """The id between documents in the token stream (packing): the vocabulary's EOS."""
+    return SpecialIds.parse(cfg.data.special_ids).eos
 
 
 def evaluate(run: Run, eval_fn=None, *, split: str = "valid", n_batches: int | None = None) -> dict:
@@ -44,7 +50,8 @@ def evaluate(run: Run, eval_fn=None, *, split: str = "valid", n_batches: int | N
     n_batches = n_batches or cfg.train.eval_batches
     batches = eval_batches(run.corpus.split(split), batch_size=cfg.train.batch_size, seq_len=cfg.train.seq_len,
                            n_batches=n_batches, process_index=jax.process_index(),
-                           process_count=jax.process_count(), packing=cfg.data.packing)
+                           process_count=jax.process_count(), packing=cfg.data.packing,
+                           eos_id=_document_separator(cfg))
     totals = eval_totals(run, batches, eval_fn)
     n = max(totals["n_tokens"], 1.0)
     loss = totals["loss_sum"] / n

@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxformer.data.batching import local_rows
 from jaxformer.data.classification import load_task
-from jaxformer.data.tokenizers import CLS, EOS, PAD, SEP, Tokenizer
+from jaxformer.data.tokenizers import PAD, Tokenizer
 from jaxformer.errors import UserError
 
 HOLDOUT_SEED = 1234  # a .tsv/.jsonl task holds out the last HOLDOUT_FRACTION of this permutation as dev
@@ -53,14 +53,19 @@ def n_classes_of(task: str, train_labels: np.ndarray, dev_labels: np.ndarray) ->
 
 def encode_examples(texts: list[str], tokenizer: Tokenizer, seq_len: int, *, causal: bool) -> np.ndarray:
     """int32 [N, seq_len]: `[CLS] text [SEP]` (encoder) or `text [EOS]` (decoder), text truncated to fit,
-    right-padded with PAD."""
-    out = np.full((len(texts), seq_len), PAD, np.int32)
+    right-padded with the fill id (PAD, or EOS for a vocabulary without PAD), all in the tokenizer's own ids."""
+    ids_of = tokenizer.special_ids
+    frame = [ids_of.eos] if causal else [ids_of.cls, ids_of.sep]
+    if None in frame:
+        raise UserError(f"The run's {tokenizer.kind} tokenizer has no {'EOS' if causal else '[CLS]/[SEP]'} token to "
+                        f"frame a classification input with: fine-tune a run whose tokenizer has one.")
+    out = np.full((len(texts), seq_len), ids_of.fill, np.int32)
     room = seq_len - (1 if causal else 2)
     if room < 1:
         raise UserError(f"train.seq_len={seq_len} leaves no room for text next to the special tokens: raise it.")
     for i, text in enumerate(texts):
         ids = tokenizer.encode(text)[:room]
-        row = np.concatenate([ids, [EOS]]) if causal else np.concatenate([[CLS], ids, [SEP]])
+        row = np.concatenate([ids, frame]) if causal else np.concatenate([frame[:1], ids, frame[1:]])
         out[i, :len(row)] = row
     return out
 
@@ -87,11 +92,12 @@ def classification_batch_at(tokens: np.ndarray, labels: np.ndarray, *, batch_siz
 
 
 def classification_eval_batches(tokens: np.ndarray, labels: np.ndarray, batch_size: int, *, process_index: int = 0,
-                 process_count: int = 1) -> list[dict]:
-    """The whole split in order, in full-size batches: the last is padded with PAD rows labelled -1 (weight 0)."""
+                 process_count: int = 1, fill_id: int = PAD) -> list[dict]:
+    """The whole split in order, in full-size batches: the last is padded with rows of `fill_id` (the
+    tokenizer's `special_ids.fill`) labelled -1 (weight 0)."""
     n_batches = math.ceil(len(labels) / batch_size)
     pad = n_batches * batch_size - len(labels)
-    tokens = np.concatenate([tokens, np.full((pad, tokens.shape[1]), PAD, np.int32)])
+    tokens = np.concatenate([tokens, np.full((pad, tokens.shape[1]), fill_id, np.int32)])
     labels = np.concatenate([labels.astype(np.int32), np.full(pad, -1, np.int32)])
     rows = local_rows(batch_size, process_index, process_count)
     return [{"tokens": tokens[i * batch_size:(i + 1) * batch_size][rows],

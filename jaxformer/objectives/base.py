@@ -14,10 +14,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxformer.data.tokenizer_base import DEFAULT_SPECIALS, SpecialIds
 from jaxformer.errors import UserError
 
 if TYPE_CHECKING:
-    from jaxformer.config import ObjectiveConfig
+    from jaxformer.config import Config, ObjectiveConfig
 
 # What a trained run can be asked to do -> the command that does it (for "use this instead" hints).
 ABILITY_COMMANDS = {"sample": "jaxformer sample", "fill-mask": "jaxformer fill-mask"}
@@ -27,6 +28,7 @@ ABILITY_COMMANDS = {"sample": "jaxformer sample", "fill-mask": "jaxformer fill-m
 class Objective:
     cfg: ObjectiveConfig
     vocab_size: int
+    specials: SpecialIds = DEFAULT_SPECIALS  # the vocabulary's PAD/EOS/MASK/... ids (data.special_ids)
 
     kind: ClassVar[str]
     head: ClassVar[str]  # the Transformer head it trains: "lm", "mlm" or "classifier"
@@ -39,9 +41,9 @@ class Objective:
         return o
 
     @classmethod
-    def validate_config(cls, o: ObjectiveConfig) -> None:
+    def validate_config(cls, cfg: Config) -> None:
         """Raise UserError for settings this kind cannot use (config.validate calls it)."""
-        if o.linear_probe:
+        if cfg.objective.linear_probe:
             raise UserError("objective.linear_probe applies to fine-tuning only (objective.kind=classify).")
 
     @property
