@@ -34,7 +34,12 @@ def pool(hidden_BxTxD: jax.Array, weights_BxT: jax.Array) -> jax.Array:
 class SequenceClassification(Objective):
     kind = "classify"
     head = "classifier"
+    abilities = frozenset({"predict"})
     token_level = False
+
+    @property
+    def description(self) -> str:
+        return f"a fine-tuned classifier (objective.kind=classify, {self.family} backbone)"
 
     @property
     def causal(self) -> bool:
