@@ -138,13 +138,13 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from dataclasses import replace
 
-    from jaxformer import trainer
+    from jaxformer import objectives, rundir, trainer
     from jaxformer.data.pipeline import load_corpus
     from jaxformer.run import open_run
 
-    run = open_run(args.workdir)
-    if not run.objective.token_level:
+    if not objectives.for_config(rundir.read_config(args.workdir)).token_level:
         return _eval_classifier(args)
+    run = open_run(args.workdir)
     data_cfg = replace(run.cfg.data, source=args.data) if args.data else run.cfg.data
     run.corpus = load_corpus(data_cfg, args.workdir, show_progress=False)
     out = trainer.evaluate(run, split=args.split, n_batches=args.batches)
