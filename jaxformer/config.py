@@ -66,6 +66,9 @@ class ObjectiveConfig:
     causal: bool = False  # attention of the backbone: True for a decoder (CLM) backbone
     pooling: str = ""  # cls | last | mean; empty: cls for an encoder backbone, last for a decoder
     linear_probe: bool = False  # train only the classifier head; the backbone stays bit-identical
+    valid: str = ""  # a .tsv/.jsonl of labelled validation examples; empty: the task's dev split or a held-out 10%
+    text_column: str = ""  # the task files' text / label column; empty: the usual names (text, sentence, ...)
+    label_column: str = ""
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,9 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop (exit 3, naming the step) | skip the update
+    # Fine-tuning: stop after this many evaluations without a better validation accuracy (0: off). It decides
+    # where training ends, so a run resumes with the value it started with.
+    early_stop_patience: int = 0
 
 
 @dataclass(frozen=True)
@@ -354,6 +360,11 @@ def validate(cfg: Config, n_devices: int | None = None) -> None:
     _check(not d.special_ids or m.vocab_size == 0 or all(0 <= i < m.vocab_size for i in specials.all),
            f"data.special_ids={d.special_ids!r} names ids outside model.vocab_size={m.vocab_size}: it is recorded "
            f"from the run's tokenizer; leave it unset.")
+    _check(t.early_stop_patience >= 0,
+           f"Bad value {t.early_stop_patience} for train.early_stop_patience: it must be >= 0 (0: off).")
+    _check(not t.early_stop_patience or t.eval_every > 0,
+           "train.early_stop_patience counts evaluations, but train.eval_every=0 evaluates only at the end: set "
+           "train.eval_every.")
     _check(0.0 < d.valid_fraction < 1.0, f"Bad value {d.valid_fraction} for data.valid_fraction: use (0, 1).")
     _check(opt.lr > 0, f"Bad value {opt.lr} for optimizer.lr: it must be positive.")
     _check(opt.warmup_steps >= 0, "optimizer.warmup_steps must be >= 0.")

@@ -70,7 +70,7 @@ def test_encoder_train_and_fill_mask(tmp_path, capsys):
 
 def test_console_script_help_runs():
     """The installed entry point answers --help for every command (a fresh process, no XLA flags needed)."""
-    for command in ("train", "eval", "sample", "fill-mask", "params"):
+    for command in ("train", "eval", "sample", "fill-mask", "finetune", "predict", "params"):
         result = subprocess.run([sys.executable, "-m", "jaxformer.cli", command, "--help"], capture_output=True,
                                 text=True, timeout=120)
         assert result.returncode == 0 and "usage:" in result.stdout, result.stderr

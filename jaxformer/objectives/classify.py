@@ -42,6 +42,7 @@ def pool(hidden_BxTxD: jax.Array, weights_BxT: jax.Array) -> jax.Array:
 class SequenceClassification(Objective):
     kind = "classify"
     head = "classifier"
+    abilities = frozenset({"predict"})
     token_level = False
 
     @classmethod
@@ -58,6 +59,10 @@ class SequenceClassification(Objective):
         if o.pooling == "cls" and o.causal:
             raise UserError("objective.pooling=cls needs a bidirectional (encoder) backbone: under causal attention "
                             "the first token sees nothing else; use last or mean.")
+
+    @property
+    def description(self) -> str:
+        return f"a fine-tuned classifier (objective.kind=classify, {self.family} backbone)"
 
     @property
     def causal(self) -> bool:
