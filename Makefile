@@ -16,11 +16,17 @@ endif
 # trains one into $(WORKDIR)/<name>.
 EXPERIMENTS := $(subst _,-,$(basename $(notdir $(shell grep -l '^PRESET = ' $(REPO_DIR)experiments/*.py))))
 
-.PHONY: help install install-test test test-fast lint train train-encoder shakespeare params bench clean experiments \
-	$(EXPERIMENTS)
+ABLATIONS := positions norms attention mlp moe mask-rate objective
+ABLATE_TARGETS := $(addprefix ablate-,$(ABLATIONS))
 
+.PHONY: help install install-test test test-fast lint train train-encoder shakespeare import-hf params bench clean \
+	ablate-all $(ABLATE_TARGETS) notebooks experiments $(EXPERIMENTS)
+
+# Every target with a `## what it does` comment, then one line per ablation grid (a static pattern rule).
 help:
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | \
+		awk -F'\t' '{ printf "  %-18s %s\n", $$1, $$2 }'
+	@for grid in $(ABLATIONS); do printf "  %-18s %s\n" "ablate-$$grid" "ablation grid '$$grid' (see experiments/ablations.py)"; done
 
 install:  ## install jaxformer (runtime only)
 	$(PY) -m pip install -e .
@@ -61,12 +67,17 @@ bench:  ## benchmarks, writing JSON under bench/
 	$(PY) benchmarks/bench_decode.py --out bench/decode.json
 	$(PY) benchmarks/bench_train.py --out bench/results.json
 
-clean:
+import-hf:  ## import a local Hugging Face GPT-2/BERT folder (HF=path/to/folder) as the run runs/imported
+	jaxformer import-hf $(HF) --workdir $(WORKDIR)/imported
+
+clean:  ## remove runs, benchmark output and the pytest cache
 	rm -rf $(WORKDIR) bench .pytest_cache
 
 ABLATION_STEPS ?= 300
-ablate-%:  ## run an ablation grid (positions, norms, attention, mlp, moe, mask-rate, objective)
+$(ABLATE_TARGETS): ablate-%:
 	$(PY) -m experiments.ablations $* --steps $(ABLATION_STEPS) --out $(WORKDIR)/ablations
+
+ablate-all: $(ABLATE_TARGETS)  ## every ablation grid in turn
 
 notebooks:  ## execute the jupytext notebooks into .ipynb (needs the dev extra: jupytext, nbclient, ipykernel)
 	cd notebooks && for nb in *.py; do jupytext --to ipynb --execute $$nb || exit 1; done

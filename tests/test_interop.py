@@ -15,7 +15,7 @@ from tiny import tiny_config
 
 from jaxformer import generate as gen
 from jaxformer.errors import UserError
-from jaxformer.interop import from_hf, load_hf_params, to_hf_gpt2
+from jaxformer.hf import from_hf, load_hf_params, to_hf_gpt2
 from jaxformer.model import build_model
 
 torch = pytest.importorskip("torch", reason="HF parity tests need torch (pip install torch==2.13.0)")
