@@ -12,10 +12,21 @@ export JAXFORMER_DATA := $(abspath $(REPO_DIR)../shared/data)
 endif
 endif
 
-.PHONY: help install install-test test test-fast lint train train-encoder shakespeare params bench clean
+# Named experiments (experiments/<name>.py files that set a PRESET; `make experiments` lists them): `make <name>`
+# trains one into $(WORKDIR)/<name>.
+EXPERIMENTS := $(subst _,-,$(basename $(notdir $(shell grep -l '^PRESET = ' $(REPO_DIR)experiments/*.py))))
 
+ABLATIONS := positions norms attention mlp moe mask-rate objective
+ABLATE_TARGETS := $(addprefix ablate-,$(ABLATIONS))
+
+.PHONY: help install install-test test test-fast lint train train-encoder shakespeare import-hf params bench clean \
+	ablate-all $(ABLATE_TARGETS) notebooks experiments $(EXPERIMENTS)
+
+# Every target with a `## what it does` comment, then one line per ablation grid (a static pattern rule).
 help:
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | \
+		awk -F'\t' '{ printf "  %-18s %s\n", $$1, $$2 }'
+	@for grid in $(ABLATIONS); do printf "  %-18s %s\n" "ablate-$$grid" "ablation grid '$$grid' (see experiments/ablations.py)"; done
 
 install:  ## install jaxformer (runtime only)
 	$(PY) -m pip install -e .
@@ -42,20 +53,31 @@ train-encoder:  ## the same data and step, as a masked-LM encoder
 shakespeare:  ## nanoGPT's CPU shakespeare_char "baby" run (needs tinyshakespeare/ under JAXFORMER_DATA)
 	jaxformer train --preset shakespeare-char-cpu --workdir $(WORKDIR)/shakespeare-char-cpu
 
-params:  ## parameter counts of the named presets
+params:  ## parameters and FLOPs per component of the named presets
 	for p in decoder-tiny encoder-tiny gpt2-small bert-base gpt3-175b; do echo "== $$p"; jaxformer params --preset $$p; done
+
+experiments:  ## list the named experiments (`make <name>` trains one; each file's docstring has its expected result)
+	jaxformer params --list-experiments
+
+$(EXPERIMENTS):
+	jaxformer train --experiment $@ --workdir $(WORKDIR)/$@
 
 bench:  ## benchmarks, writing JSON under bench/
 	$(PY) benchmarks/bench_input.py --out bench/input.json
 	$(PY) benchmarks/bench_decode.py --out bench/decode.json
 	$(PY) benchmarks/bench_train.py --out bench/results.json
 
-clean:
+import-hf:  ## import a local Hugging Face GPT-2/BERT folder (HF=path/to/folder) as the run runs/imported
+	jaxformer import-hf $(HF) --workdir $(WORKDIR)/imported
+
+clean:  ## remove runs, benchmark output and the pytest cache
 	rm -rf $(WORKDIR) bench .pytest_cache
 
 ABLATION_STEPS ?= 300
-ablate-%:  ## run an ablation grid (positions, norms, attention, mlp, moe, mask-rate, objective)
+$(ABLATE_TARGETS): ablate-%:
 	$(PY) -m experiments.ablations $* --steps $(ABLATION_STEPS) --out $(WORKDIR)/ablations
+
+ablate-all: $(ABLATE_TARGETS)  ## every ablation grid in turn
 
 notebooks:  ## execute the jupytext notebooks into .ipynb (needs the dev extra: jupytext, nbclient, ipykernel)
 	cd notebooks && for nb in *.py; do jupytext --to ipynb --execute $$nb || exit 1; done

@@ -1,7 +1,7 @@
 """Decode speed: jaxformer with the KV cache vs without it vs Hugging Face `generate`, same weights, greedy.
 
 The model is GPT-2 shaped (learned positions, pre-norm, tied, tanh GELU) with random weights; it is exported
-with `jaxformer.interop.to_hf_gpt2` so HF runs the very same function. Times are wall-clock medians after a
+with `jaxformer.hf.to_hf_gpt2` so HF runs the very same function. Times are wall-clock medians after a
 warm-up (jaxformer's compile time is reported separately). Writes one JSON object to --out.
 
     python benchmarks/bench_decode.py [--batch 1 8] [--new-tokens 256] [--out bench/decode.json]
@@ -25,7 +25,7 @@ from flax import nnx
 
 from jaxformer import generate as gen
 from jaxformer.config import load_config, resolve
-from jaxformer.interop import to_hf_gpt2
+from jaxformer.hf import to_hf_gpt2
 from jaxformer.model import build_model
 
 

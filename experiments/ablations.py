@@ -1,5 +1,8 @@
 """Ablation grids: each is a list of named config overrides trained with the same budget, data and seed.
 
+A grid's base is a named experiment (experiments/ablation_decoder.py, ablation_encoder.py): its docstring gives
+the scale and the measured base result.
+
     python -m experiments.ablations positions --steps 300          # or: make ablate-positions
     python -m experiments.ablations --list
 
@@ -15,38 +18,38 @@ import sys
 from pathlib import Path
 
 GRIDS: dict[str, dict] = {
-    "positions": {"preset": "decoder-tiny", "variants": {
+    "positions": {"experiment": "ablation-decoder", "variants": {
         "learned": ["model.positions=learned"], "sinusoidal": ["model.positions=sinusoidal"],
         "rope": ["model.positions=rope"]}},
-    "norms": {"preset": "decoder-tiny", "variants": {
+    "norms": {"experiment": "ablation-decoder", "variants": {
         "layernorm": ["model.norm=layernorm"], "rmsnorm": ["model.norm=rmsnorm"],
         "post-layernorm": ["model.post_norm=true"]}},
-    "attention": {"preset": "decoder-tiny", "variants": {
+    "attention": {"experiment": "ablation-decoder", "variants": {
         "mha": ["model.n_kv_heads=4"], "gqa-2": ["model.n_kv_heads=2"], "mqa": ["model.n_kv_heads=1"],
         "window-32": ["model.window=32"], "window-32-global-every-2": ["model.window=32", "model.global_every=2"]}},
-    "mlp": {"preset": "decoder-tiny", "variants": {
+    "mlp": {"experiment": "ablation-decoder", "variants": {
         "gelu": ["model.mlp=gelu"], "swiglu": ["model.mlp=swiglu", "model.mlp_ratio=2.6667"],
         "geglu": ["model.mlp=geglu", "model.mlp_ratio=2.6667"]}},
-    "moe": {"preset": "decoder-tiny", "variants": {
+    "moe": {"experiment": "ablation-decoder", "variants": {
         "dense": [], "moe-4x-top2": ["model.n_experts=4", "model.moe_top_k=2"],
         "moe-4x-top1": ["model.n_experts=4", "model.moe_top_k=1"]}},
-    "mask-rate": {"preset": "encoder-tiny", "variants": {
+    "mask-rate": {"experiment": "ablation-encoder", "variants": {
         f"mask-{r}": [f"objective.mask_rate={r}"] for r in ("0.15", "0.3", "0.4")}},
-    "objective": {"preset": "decoder-tiny", "variants": {
+    "objective": {"experiment": "ablation-decoder", "variants": {
         "decoder-clm": ["objective.kind=clm"], "encoder-mlm": ["objective.kind=mlm"]}},
 }
 
 
-def run_grid(name: str, *, steps: int, out: Path, extra: list[str], show_progress: bool = True) -> list[dict]:
-    from jaxformer import config as config_lib
+def run_grid(name: str, *, steps: int | None, out: Path, extra: list[str], show_progress: bool = True) -> list[dict]:
+    from jaxformer import experiments, trainer
     from jaxformer import metrics as metrics_lib
     from jaxformer import params as params_lib
-    from jaxformer import trainer
 
     grid = GRIDS[name]
     results = []
     for variant, overrides in grid["variants"].items():
-        cfg = config_lib.load_config(grid["preset"], [f"train.steps={steps}", *overrides, *extra])
+        steps_override = [f"train.steps={steps}"] if steps else []
+        cfg = experiments.load_config(grid["experiment"], [*steps_override, *overrides, *extra])
         workdir = out / name / variant
         trainer.train_loop(cfg, workdir, show_progress=show_progress)
         rows = metrics_lib.read_metrics(workdir)
@@ -100,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("grid", nargs="?", choices=list(GRIDS))
     parser.add_argument("--list", action="store_true", help="list the grids and their variants")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps per variant (default: the base experiment's, 300)")
     parser.add_argument("--out", type=Path, default=Path("runs/ablations"))
     parser.add_argument("--set", dest="extra", nargs="+", default=[], metavar="KEY=VALUE",
                         help="overrides applied to every variant (e.g. data.source=text:...)")
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.list or not args.grid:
         for name, grid in GRIDS.items():
-            print(f"{name} ({grid['preset']}): {', '.join(grid['variants'])}")
+            print(f"{name} ({grid['experiment']}): {', '.join(grid['variants'])}")
         return 0
     from jaxformer.errors import UserError
     try:

@@ -1,4 +1,4 @@
-"""`jaxformer train | eval | sample | fill-mask | finetune | params | bench`.
+"""`jaxformer train | eval | sample | fill-mask | finetune | predict | import-hf | export-hf | params | bench`.
 
 Exit codes (see jaxformer/errors.py): 0 done, 2 bad input, 3 stopped at a non-finite loss, 4 checkpoint write
 failed, 75 preempted after saving (re-run to resume), 1 anything else.
@@ -17,15 +17,49 @@ from jaxformer.errors import EXIT_PREEMPTED, JaxformerError, UserError
 DEFAULT_PRESET = "decoder-tiny"
 
 
-def _add_config_args(p: argparse.ArgumentParser, *, preset_default: str | None = DEFAULT_PRESET) -> None:
-    p.add_argument("--preset", default=preset_default,
-                   help=f"named config (default {preset_default}); see `jaxformer params --list-presets`")
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default=None,
+                   help=f"named config (default {DEFAULT_PRESET}); see `jaxformer params --list-presets`")
+    p.add_argument("--experiment", default=None,
+                   help="named experiment from experiments/ (its preset and overrides; --set still wins); see "
+                        "`jaxformer params --list-experiments`")
     p.add_argument("--set", dest="overrides", action="append", default=[], nargs="+", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set model.n_kv_heads=2 train.steps=200 (repeatable)")
 
 
 def _overrides(args) -> list[str]:
     return [item for group in args.overrides for item in group]
+
+
+def _load_config(args):
+    """The config named by --experiment or --preset, with the --set overrides applied last."""
+    from jaxformer import config as config_lib
+
+    if args.experiment is None:
+        return config_lib.load_config(args.preset or DEFAULT_PRESET, _overrides(args))
+    if args.preset is not None:
+        raise UserError("Give --experiment or --preset, not both: an experiment names its own preset "
+                        "(change its values with --set).")
+    from jaxformer import experiments
+
+    return experiments.load_config(args.experiment, _overrides(args))
+
+
+def _add_column_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-column", default=None, metavar="NAME",
+                   help="the .tsv/.jsonl text column (default: text, sentence, review or content)")
+    p.add_argument("--label-column", default=None, metavar="NAME",
+                   help="the .tsv/.jsonl label column (default: label, labels, class or sentiment)")
+
+
+def _columns(args, saved=None):
+    """--text-column/--label-column, else `saved` (a classifier run's own), else the usual names."""
+    from jaxformer.data.classification import Columns
+
+    saved = saved or Columns()
+    return Columns(args.text_column if args.text_column is not None else saved.text,
+                   getattr(args, "label_column", None) if getattr(args, "label_column", None) is not None
+                   else saved.label)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -42,20 +76,24 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--sample-tokens", type=int, default=200, help="decoder runs: tokens to sample at the end")
 
-    p = sub.add_parser("eval", help="evaluate a run's latest checkpoint; prints one JSON object")
+    p = sub.add_parser("eval", help="evaluate a run's latest checkpoint (a fine-tuned classifier: its best one, "
+                                    "scored by accuracy, macro-F1 and per-class accuracy); prints one JSON object")
     p.add_argument("--workdir", required=True)
     p.add_argument("--split", default="valid", choices=["train", "valid"])
     p.add_argument("--data", default=None,
                    help="held-out text (text:<file>, any data source) to score EVERY token of, once, with sliding "
                         "windows (decoders): loss and perplexity per token, bits per byte, perplexity per word; "
-                        "without it: sampled windows of the run's --split")
+                        "without it: sampled windows of the run's --split; for a classifier, a labelled "
+                        ".tsv/.jsonl file (e.g. the test set)")
     p.add_argument("--stride", type=int, default=None,
                    help="with --data: window step (default train.seq_len // 2); every token gets at least "
                         "seq_len - stride + 1 tokens of context")
     p.add_argument("--ngram", type=int, default=0, metavar="N",
                    help="with --data: also report an interpolated Kneser-Ney N-gram counted on the run's training "
                         "split with its tokenizer (the baseline)")
-    p.add_argument("--batches", type=int, default=None, help="number of eval batches (default: train.eval_batches)")
+    p.add_argument("--batches", type=int, default=None, help="number of eval batches (default: train.eval_batches; "
+                                                             "a classifier scores every example)")
+    _add_column_args(p)
 
     p = sub.add_parser("sample", help="continue prompt(s) with a decoder run")
     p.add_argument("--workdir", required=True)
@@ -79,12 +117,41 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set objective.pooling=mean objective.linear_probe=true "
                         "train.steps=300 (repeatable)")
     p.add_argument("--out", required=True, help="the fine-tuning run directory; re-running on it resumes")
+    p.add_argument("--valid", default="", metavar="FILE",
+                   help="labelled .tsv/.jsonl to validate on and select the best checkpoint by (default: the task's "
+                        "dev split, or 10%% held out of a task file)")
+    p.add_argument("--test", default="", metavar="FILE",
+                   help="labelled .tsv/.jsonl scored once at the end with the selected model")
+    _add_column_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("predict", help="classify each line of FILE with a fine-tuned run; one JSON line per input "
+                                       "line: the label and every class's probability")
+    p.add_argument("--workdir", required=True, help="a fine-tuned run (jaxformer finetune --out)")
+    p.add_argument("file", help="text to classify: one example per line, or a .tsv/.jsonl with a text column; "
+                                "- reads standard input")
+    p.add_argument("--out", default=None, help="write the JSON lines here (default: standard output)")
+    p.add_argument("--text-column", default=None, metavar="NAME",
+                   help="the .tsv/.jsonl text column (default: the run's, else text, sentence, review, content)")
+
+    p = sub.add_parser("import-hf", help="turn a local Hugging Face GPT-2 or BERT folder (config.json, weights, "
+                                         "tokenizer.json) into a run directory that sample/eval/fill-mask/finetune use")
+    p.add_argument("model", help="the saved model folder (as save_pretrained writes it)")
+    p.add_argument("--workdir", required=True, help="the new run directory (must not exist or be empty)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], nargs="+", metavar="KEY=VALUE",
+                   help="settings that the model does not fix, e.g. --set data.source=text:corpus.txt "
+                        "train.seq_len=256 (repeatable)")
+
+    p = sub.add_parser("export-hf", help="write a run's newest checkpoint as a Hugging Face folder: GPT-2 from a "
+                                         "clm run, BERT from an mlm run")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--out", required=True, help="the new model folder (must not exist or be empty)")
 
     p = sub.add_parser("params", help="parameter and FLOP counts of a config (no allocation)")
     _add_config_args(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--list-presets", action="store_true")
+    p.add_argument("--list-experiments", action="store_true", help="the named experiments in experiments/")
 
     from jaxformer import timing  # stdlib-only at import time: the parser stays fast
 
@@ -101,7 +168,7 @@ def cmd_train(args) -> int:
     from jaxformer import config as config_lib
     from jaxformer import report, trainer
 
-    cfg = config_lib.load_config(args.preset, _overrides(args))
+    cfg = _load_config(args)
     config_lib.resolve(cfg, n_devices=jax.device_count())  # every check that needs no data, before any is read
     result = trainer.train_loop(cfg, args.workdir, show_progress=not args.no_progress, extend=args.extend)
     report.print_training_summary(args.workdir, result, sample_tokens=args.sample_tokens)
@@ -109,14 +176,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from jaxformer import trainer
+    from jaxformer import objectives, rundir, trainer
     from jaxformer.data.pipeline import load_corpus
     from jaxformer.run import open_run
 
+    if not objectives.for_config(rundir.read_config(args.workdir)).token_level:
+        return _eval_classifier(args)
     run = open_run(args.workdir)
-    if not run.objective.token_level:
-        raise UserError(f"{args.workdir} holds a fine-tuned classifier: its dev accuracy is in "
-                        f"{args.workdir}/metrics.jsonl (valid_accuracy); eval scores language-model runs.")
     if args.data:
         from jaxformer.evaluation import heldout
 
@@ -132,6 +198,47 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _eval_classifier(args) -> int:
+    """A fine-tuned run's selected model on a labelled file (--data) or its own train/valid split."""
+    from jaxformer import predict
+    from jaxformer.data.classification import load_task
+    from jaxformer.data.classification_batches import task_splits
+
+    clf = predict.open_classifier(args.workdir)
+    o, columns = clf.run.cfg.objective, _columns(args, clf.columns)
+    if args.data:
+        texts, labels = load_task(args.data, "test", clf.labels, columns)
+    else:
+        splits = task_splits(o.task, valid=o.valid, labels=clf.labels, columns=columns)
+        texts, labels = ((splits.train_texts, splits.train_labels) if args.split == "train"
+                         else (splits.dev_texts, splits.dev_labels))
+    metrics = predict.classification_metrics(clf.log_probabilities(texts), labels, clf.labels)
+    print(json.dumps({"step": clf.step, "checkpoint": clf.checkpoint, "data": args.data or f"{o.task} ({args.split})",
+                      **metrics}))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from jaxformer import atomic, predict
+    from jaxformer.data.classification import decode, read_texts
+
+    clf = predict.open_classifier(args.workdir)
+    if args.file == "-":
+        texts = decode(sys.stdin.buffer.read(), "standard input").splitlines()
+    else:
+        if args.out and os.path.exists(args.out) and os.path.samefile(args.out, args.file):
+            raise UserError(f"--out {args.out} is the input file: write the predictions to another file.")
+        texts = read_texts(args.file, _columns(args, clf.columns))
+    lines = "".join(json.dumps(p) + "\n" for p in clf.predictions(clf.log_probabilities(texts)))
+    if args.out:
+        if os.path.isdir(args.out):
+            raise UserError(f"--out {args.out} is a directory: give a file path for the predictions.")
+        atomic.write_text(args.out, lines)
+    else:
+        sys.stdout.write(lines)
+    return 0
+
+
 def _open_for(workdir: str, ability: str):
     """The run in `workdir`, or one sentence naming what it can do instead."""
     from jaxformer.run import open_run
@@ -143,14 +250,13 @@ def _open_for(workdir: str, ability: str):
 
 def cmd_sample(args) -> int:
     from jaxformer import generate
-    from jaxformer.data.tokenizers import EOS
 
     run = _open_for(args.workdir, "sample")
     tokenizer, graphdef, params = run.tokenizer, run.state.graphdef, run.state.params
     prompts = [tokenizer.encode(p) for p in args.prompt]
     outs = generate.generate(graphdef, params, prompts, max_new_tokens=args.max_new_tokens,
                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                             eos_id=EOS)
+                             eos_id=tokenizer.special_ids.eos)
     for prompt, new in zip(args.prompt, outs, strict=True):
         print(prompt + tokenizer.decode(new))
         if len(outs) > 1:
@@ -163,11 +269,13 @@ def cmd_fill_mask(args) -> int:
 
     run = _open_for(args.workdir, "fill-mask")
     tokenizer = run.tokenizer
-    if "[MASK]" not in args.text:
-        raise UserError("The text has no [MASK]: write [MASK] where a token should be predicted.")
-    results = generate.fill_mask(run.state.graphdef, run.state.params, tokenizer.encode(args.text), top_k=args.top_k)
+    mask = tokenizer.mask_token or "[MASK]"
+    if mask not in args.text:
+        raise UserError(f"The text has no {mask}: write {mask} where a token should be predicted.")
+    results = generate.fill_mask(run.state.graphdef, run.state.params, tokenizer.encode(args.text), top_k=args.top_k,
+                                 mask_id=tokenizer.special_ids.mask)
     for i, candidates in enumerate(results):
-        print(f"[MASK] #{i + 1}:")
+        print(f"{mask} #{i + 1}:")
         for token_id, prob in candidates:
             print(f"  {tokenizer.decode([token_id])!r:>12}  {prob:.4f}")
     return 0
@@ -176,10 +284,34 @@ def cmd_fill_mask(args) -> int:
 def cmd_finetune(args) -> int:
     from jaxformer import finetune
 
-    result = finetune.finetune(args.workdir, args.task, args.out, _overrides(args),
-                               show_progress=not args.no_progress)
+    result = finetune.finetune(args.workdir, args.task, args.out, _overrides(args), valid=args.valid,
+                               test=args.test, columns=_columns(args), show_progress=not args.no_progress)
     finetune.print_summary(args.out, result)
     return EXIT_PREEMPTED if result["preempted"] else 0
+
+
+def cmd_import_hf(args) -> int:
+    from jaxformer import report
+    from jaxformer.hf import import_run
+    from jaxformer.objectives import OBJECTIVES
+
+    result = import_run(args.model, args.workdir, _overrides(args))
+    print(f"imported {result['model_type']} ({result['n_params']:,} parameters, vocabulary of "
+          f"{result['vocab_size']:,}) from {args.model} as an objective.kind={result['objective']} run")
+    report.print_next_steps(args.workdir, None, abilities=OBJECTIVES[result["objective"]].abilities)
+    return 0
+
+
+def cmd_export_hf(args) -> int:
+    from jaxformer.hf import export_run
+
+    result = export_run(args.workdir, args.out)
+    auto = "AutoModelForCausalLM" if result["model_type"] == "gpt2" else "AutoModelForMaskedLM"
+    tokenizer = ("with its tokenizer" if result["tokenizer"] else
+                 "without a tokenizer (jaxformer's own tokenizers have no Hugging Face form; encode with the run's)")
+    print(f"wrote {result['model_type']} from step {result['step']} of {args.workdir} to {args.out} {tokenizer}; "
+          f"load it with transformers.{auto}.from_pretrained({str(args.out)!r})")
+    return 0
 
 
 def cmd_params(args) -> int:
@@ -189,7 +321,13 @@ def cmd_params(args) -> int:
     if args.list_presets:
         print("\n".join(config_lib.PRESETS))
         return 0
-    cfg = config_lib.load_config(args.preset, _overrides(args))
+    if args.list_experiments:
+        from jaxformer import experiments
+
+        for experiment in experiments.all_experiments().values():
+            print(f"{experiment.name:24s} {experiment.summary}")
+        return 0
+    cfg = _load_config(args)
     counts = params_lib.count(cfg)
     if args.json:
         print(json.dumps(counts))
@@ -205,7 +343,8 @@ def cmd_bench(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "fill-mask": cmd_fill_mask,
-            "finetune": cmd_finetune, "params": cmd_params, "bench": cmd_bench}
+            "finetune": cmd_finetune, "predict": cmd_predict, "import-hf": cmd_import_hf, "export-hf": cmd_export_hf,
+            "params": cmd_params, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

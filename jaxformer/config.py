@@ -66,6 +66,9 @@ class ObjectiveConfig:
     causal: bool = False  # attention of the backbone: True for a decoder (CLM) backbone
     pooling: str = ""  # cls | last | mean; empty: cls for an encoder backbone, last for a decoder
     linear_probe: bool = False  # train only the classifier head; the backbone stays bit-identical
+    valid: str = ""  # a .tsv/.jsonl of labelled validation examples; empty: the task's dev split or a held-out 10%
+    text_column: str = ""  # the task files' text / label column; empty: the usual names (text, sentence, ...)
+    label_column: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,11 +76,16 @@ class DataConfig:
     # builtin | text:<file|glob|dir> | tfds:<name>[/config][:split]; a path written @data/<path> is <path> under
     # the data root ($JAXFORMER_DATA, default ./data)
     source: str = "builtin"
-    tokenizer: str = "char"  # char | byte | bpe | unigram | word (whitespace words + line ends, e.g. PTB)
+    # char | byte | bpe | unigram | word (whitespace words + line ends, e.g. PTB) | hf (a Hugging Face model's own,
+    # from import-hf)
+    tokenizer: str = "char"
     vocab_size: int = 8192  # for bpe / unigram (char and word keep every symbol of the training split)
     valid_fraction: float = 0.1  # the last fraction of the corpus is the validation split
     packing: bool = False  # document-aware windows: attention and positions never cross documents
     cache_dir: str = ""  # token cache; empty: ~/.cache/jaxformer
+    # Where PAD/EOS/MASK/... are in the vocabulary, recorded from the tokenizer by `resolve` (the jitted step sees
+    # the config, not the tokenizer): empty for jaxformer's fixed table, "pad=..,eos=..,..." for an imported one.
+    special_ids: str = ""
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,9 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop (exit 3, naming the step) | skip the update
+    # Fine-tuning: stop after this many evaluations without a better validation accuracy (0: off). It decides
+    # where training ends, so a run resumes with the value it started with.
+    early_stop_patience: int = 0
 
 
 @dataclass(frozen=True)
@@ -260,8 +271,10 @@ def from_dict(data: dict) -> Config:
 
 # ---------------------------------------------------------------------------------------------- resolution
 
-def resolve(cfg: Config, *, vocab_size: int | None = None, n_devices: int | None = None) -> Config:
-    """Fill derived values (vocab from the tokenizer, head counts, mesh) and validate; raise UserError."""
+def resolve(cfg: Config, *, vocab_size: int | None = None, n_devices: int | None = None,
+            special_ids: str | None = None) -> Config:
+    """Fill derived values (vocab and special ids from the tokenizer, head counts, mesh) and validate; raise
+    UserError."""
     m = cfg.model
     if vocab_size is not None and m.vocab_size == 0:
         m = replace(m, vocab_size=vocab_size)
@@ -278,7 +291,8 @@ def resolve(cfg: Config, *, vocab_size: int | None = None, n_devices: int | None
     o = cfg.objective
     if o.kind in OBJECTIVES:  # an unknown kind is refused by validate
         o = OBJECTIVES[o.kind].resolve_config(o)
-    cfg = replace(cfg, model=m, objective=o, mesh=mesh)
+    data = cfg.data if special_ids is None else replace(cfg.data, special_ids=special_ids)
+    cfg = replace(cfg, model=m, objective=o, data=data, mesh=mesh)
     validate(cfg, n_devices=n_devices)
     return cfg
 
@@ -289,6 +303,7 @@ def _check(ok: bool, message: str) -> None:
 
 
 def validate(cfg: Config, n_devices: int | None = None) -> None:
+    from jaxformer.data.tokenizers import SpecialIds
     from jaxformer.objectives import OBJECTIVES  # objectives import this module's types
 
     m, o, d, t, opt, mesh = cfg.model, cfg.objective, cfg.data, cfg.train, cfg.optimizer, cfg.mesh
@@ -298,7 +313,7 @@ def validate(cfg: Config, n_devices: int | None = None) -> None:
                "model.dtype": (m.dtype, ("float32", "bfloat16")),
                "model.param_dtype": (m.param_dtype, ("float32", "bfloat16")),
                "objective.kind": (o.kind, tuple(OBJECTIVES)),
-               "data.tokenizer": (d.tokenizer, ("char", "byte", "bpe", "unigram", "word")),
+               "data.tokenizer": (d.tokenizer, ("char", "byte", "bpe", "unigram", "word", "hf")),
                "train.on_nonfinite": (t.on_nonfinite, ("stop", "skip"))}
     for key, (value, allowed) in choices.items():
         _check(value in allowed, f"Bad value {value!r} for {key}: choose one of {', '.join(allowed)}.")
@@ -342,7 +357,16 @@ def validate(cfg: Config, n_devices: int | None = None) -> None:
     _check(0.0 < o.mask_rate < 1.0, f"Bad value {o.mask_rate} for objective.mask_rate: it must be in (0, 1).")
     _check(o.mask_token_frac >= 0 and o.random_token_frac >= 0 and o.mask_token_frac + o.random_token_frac <= 1,
            "objective.mask_token_frac + objective.random_token_frac must be within [0, 1].")
-    OBJECTIVES[o.kind].validate_config(o)
+    OBJECTIVES[o.kind].validate_config(cfg)
+    specials = SpecialIds.parse(d.special_ids)
+    _check(not d.special_ids or m.vocab_size == 0 or all(0 <= i < m.vocab_size for i in specials.all),
+           f"data.special_ids={d.special_ids!r} names ids outside model.vocab_size={m.vocab_size}: it is recorded "
+           f"from the run's tokenizer; leave it unset.")
+    _check(t.early_stop_patience >= 0,
+           f"Bad value {t.early_stop_patience} for train.early_stop_patience: it must be >= 0 (0: off).")
+    _check(not t.early_stop_patience or t.eval_every > 0,
+           "train.early_stop_patience counts evaluations, but train.eval_every=0 evaluates only at the end: set "
+           "train.eval_every.")
     _check(0.0 < d.valid_fraction < 1.0, f"Bad value {d.valid_fraction} for data.valid_fraction: use (0, 1).")
     _check(opt.lr > 0, f"Bad value {opt.lr} for optimizer.lr: it must be positive.")
     _check(opt.warmup_steps >= 0, "optimizer.warmup_steps must be >= 0.")

@@ -19,12 +19,15 @@ SUMMED = ("n_tokens", "skipped")  # counts over the window; every other metric i
 
 def summarize(window: list[dict], *, char_level: bool, token_level: bool = True) -> dict:
     """Mean of the per-step device metrics since the last log (one host transfer for the whole window); counts
-    are summed. Perplexity (and bpc) only for objectives that predict tokens."""
+    are summed. Perplexity (and bpc) only for objectives that predict tokens; objectives that predict one label
+    per example count `n_examples` (their loss weights) instead of `n_tokens`."""
     host = jax.device_get(window)
     out = {k: float(np.sum([m[k] for m in host]) if k in SUMMED else np.mean([m[k] for m in host]))
            for k in host[0]}
     if token_level:
         out.update(derived(out["loss"], char_level=char_level))
+    elif "n_tokens" in out:
+        out["n_examples"] = out.pop("n_tokens")
     return out
 
 

@@ -1,70 +1,225 @@
-"""Parameter and FLOP accounting per component, from `jax.eval_shape` (nothing is allocated)."""
+"""Parameter and FLOP accounting per component, from `jax.eval_shape` (nothing is allocated).
+
+    jaxformer params --preset gpt2-small [--json]
+
+Conventions (tests/test_params.py checks them against a count written from the formulas and against XLA):
+
+- FLOPs are matrix-multiplication FLOPs, 2 per multiply-add (Kaplan et al. 2020; PaLM's MFU). Biases, norms,
+  activations, softmax, the embedding gather and the residual adds are elementwise and not counted: they are a
+  few per cent of XLA's own count at these widths.
+- "Per token" is per input position of a training window (`train.seq_len` positions per sequence).
+- forward **executed**: what the compiled XLA program multiplies. Attention scores and values over the full T x T
+  square (causal and window masks are applied after the products), the MLM head at its ceil(mask_rate x T) fixed
+  prediction slots, MoE experts at their capacity plus the one-hot dispatch/combine matmuls.
+  forward **ideal**: what the model needs. Each query against only the keys it may see ((T+1)/2 on average when
+  causal), the MLM head at mask_rate of the positions, top_k experts per token.
+- training = 3 x forward: the backward pass does two matmuls per forward one (input and weight gradients).
+- The vocabulary projection (`lm_head`) costs 2 x d_model x vocab per predicted position whether or not it shares
+  its matrix with the embedding; its parameters are counted once (under `embedding` when tied).
+- `weight_matrices` counts under the GPT-3 walk-through's convention: one query, key and value matrix per head,
+  one output matrix and the MLP's matrices per layer, the embedding and a separate unembedding (counted even when
+  tied); no biases, norms or position tables.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import jax
 from flax import nnx
 
 from jaxformer import config as config_lib
 from jaxformer.model import build_model
+from jaxformer.model.moe import expert_capacity
 
-_COMPONENTS = {  # top-level or per-block attribute name -> component
-    "pos_embed": "positions", "embed": "embedding", "embed_norm": "norms", "attn_norm": "norms",
-    "mlp_norm": "norms", "final_norm": "norms", "attn": "attention", "mlp": "mlp", "lm_head": "lm_head",
-    "mlm_transform": "mlm_head", "mlm_norm": "mlm_head", "mlm_bias": "mlm_head", "classifier": "classifier",
-}
+# Rows of the report, in this order; the ones without parameters only cost FLOPs.
+COMPONENTS = ("embedding", "positions", "attention.q", "attention.k", "attention.v", "attention.o",
+              "attention.scores", "mlp", "moe.router", "experts", "moe.dispatch", "norms", "lm_head", "mlm_head",
+              "classifier")
+HEADS = ("lm_head", "mlm_head", "classifier")
+_NORMS = ("embed_norm", "attn_norm", "mlp_norm", "final_norm")
+_HEAD_KEYS = {"lm_head": "lm_head", "mlm_transform": "mlm_head", "mlm_norm": "mlm_head", "mlm_bias": "mlm_head",
+              "classifier": "classifier"}
+
+# Hugging Face `BertModel` (the published 110M) has two pieces jaxformer's encoder does not: token-type
+# (segment) embeddings for 2 segments and the pooler (a d x d dense + bias on [CLS]); it has no MLM head.
+BERT_TYPE_VOCAB = 2
+
+
+def _keys(path) -> tuple:
+    keys = tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
+    return keys[:-1] if keys[-1] == "value" else keys
 
 
 def _component(keys: tuple) -> str:
-    if "mlp" in keys and keys[-1] in ("router", "up", "gate", "down"):  # MoE weights are bare Params
-        return "moe"
-    return next((_COMPONENTS[k] for k in keys if k in _COMPONENTS), "other")
+    """The report row of one parameter, from its path in the module tree."""
+    top = keys[0]
+    if top == "embed":
+        return "embedding"
+    if top == "pos_embed":
+        return "positions"
+    if top in _HEAD_KEYS:
+        return _HEAD_KEYS[top]
+    if any(k in _NORMS for k in keys):
+        return "norms"
+    if "attn" in keys:
+        return f"attention.{keys[keys.index('attn') + 1]}"
+    if "mlp" in keys:
+        tail = keys[keys.index("mlp") + 1:]
+        if tail == ("router",):
+            return "moe.router"
+        return "experts" if len(tail) == 1 else "mlp"  # MoE weights are bare Params, the dense MLP's are Linears
+    raise ValueError(f"no accounting rule for parameter {'/'.join(map(str, keys))}")
+
+
+def _visible_keys(t: int, causal: bool, window: int) -> float:
+    """Average number of keys a query may attend to in a window of t positions."""
+    if not window:
+        return (t + 1) / 2 if causal else t
+    if causal:
+        return sum(min(i + 1, window) for i in range(t)) / t
+    return sum(min(i + window - 1, t - 1) - max(i - window + 1, 0) + 1 for i in range(t)) / t
+
+
+def _predicted_fraction(cfg: config_lib.Config, head: str) -> tuple[float, float]:
+    """(executed, ideal) fraction of the positions that go through the objective's head."""
+    t = cfg.train.seq_len
+    if head == "mlm":
+        from jaxformer.objectives.mlm import n_mask_slots
+
+        return n_mask_slots(cfg.objective.mask_rate, t) / t, cfg.objective.mask_rate
+    if head == "classifier":
+        return 1 / t, 1 / t  # one pooled vector per sequence
+    return 1.0, 1.0
 
 
 def count(cfg: config_lib.Config) -> dict:
-    """{"total", "by_component", "active_per_token", "flops_per_token", ...} for a config."""
+    """The accounting of a config: parameters and forward FLOPs per token for each component, totals per token
+    forward and per training token (executed and ideal), and the walk-through's weight-matrix count."""
+    from jaxformer import objectives
+    from jaxformer.model.transformer import layer_is_moe, layer_window
+
     cfg = config_lib.resolve(cfg, vocab_size=cfg.model.vocab_size or 256)
-    abstract = nnx.eval_shape(lambda: build_model(cfg))
-    params = nnx.state(abstract, nnx.Param)
-    by_component: dict[str, int] = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        keys = tuple(getattr(k, "key", getattr(k, "name", k)) for k in path)
-        keys = keys[:-1] if keys[-1] == "value" else keys
+    m, t = cfg.model, cfg.train.seq_len
+    objective = objectives.for_config(cfg)
+    head = objective.head
+    executed_fraction, ideal_fraction = _predicted_fraction(cfg, head)
+    capacity = expert_capacity(m, t) if m.n_experts else 0
+
+    params = {name: 0 for name in COMPONENTS}
+    executed = {name: 0.0 for name in COMPONENTS}
+    ideal = {name: 0.0 for name in COMPONENTS}
+    matrices, matrix_weights = 0, 0
+
+    # Layers repeat with the period of the MoE pattern, so one period of blocks has every parameter shape; tracing
+    # all of GPT-3's 96 blocks would take tens of seconds (the trace's cost grows with its square).
+    period = min(m.moe_every if m.n_experts else 1, m.n_layer)
+    abstract = nnx.eval_shape(lambda: build_model(replace(cfg, model=replace(m, n_layer=period))))
+    for path, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(abstract, nnx.Param))[0]:
+        keys = _keys(path)
         name = _component(keys)
-        by_component[name] = by_component.get(name, 0) + math.prod(leaf.shape)
-    total = sum(by_component.values())
-    m = cfg.model
-    moe_layers = sum(1 for i in range(m.n_layer) if m.n_experts and (i + 1) % m.moe_every == 0)
-    # Per token only top_k of n_experts experts run: the rest of the MoE weights are inactive.
+        # A block of the period stands for every layer at its place in the period.
+        layers = len(range(keys[1], m.n_layer, period)) if keys[0] == "blocks" else 1
+        size = math.prod(leaf.shape) * layers
+        params[name] += size
+        if keys[-1] in ("bias", "scale", "mlm_bias") or name in ("embedding", "positions", "norms", "lm_head"):
+            continue  # elementwise, a gather, or (lm_head) counted once below from the config
+        if name == "experts":  # [E, d, f] or [E, f, d]: top_k experts per token ideally, E x capacity slots run
+            executed[name] += 2 * size * capacity / t
+            ideal[name] += 2 * size * m.moe_top_k / m.n_experts
+            matrices, matrix_weights = matrices + leaf.shape[0] * layers, matrix_weights + size
+            continue
+        per_token = 2 * size
+        fraction = (executed_fraction, ideal_fraction) if name in HEADS else (1.0, 1.0)
+        executed[name] += per_token * fraction[0]
+        ideal[name] += per_token * fraction[1]
+        # Walk-through convention: one matrix per query/key/value head, one per other kernel.
+        per_leaf = leaf.shape[1] if name in ("attention.q", "attention.k", "attention.v") else 1
+        matrices += per_leaf * layers
+        matrix_weights += size
+
+    vocab_projection = 2 * m.d_model * m.vocab_size
+    if head in ("lm", "mlm"):
+        executed["lm_head"] = vocab_projection * executed_fraction
+        ideal["lm_head"] = vocab_projection * ideal_fraction
+    matrices += 2  # the embedding and the unembedding (counted as its own matrix even when tied)
+    matrix_weights += 2 * m.vocab_size * m.d_model
+
+    d_attn = m.n_heads * m.head_dim
+    for layer in range(m.n_layer):
+        # q.k over the keys, then the weighted sum of values: 2 x 2 x d_attn FLOPs per (query, key) pair.
+        executed["attention.scores"] += 4 * d_attn * t
+        ideal["attention.scores"] += 4 * d_attn * _visible_keys(t, objective.causal, layer_window(m, layer))
+        if layer_is_moe(m, layer):
+            e, c, k, d = m.n_experts, capacity, m.moe_top_k, m.d_model
+            executed["moe.dispatch"] += 2 * e * c * d * 2 + 2 * k * e * c  # dispatch, combine, combine weights
+
+    components = [{"name": name, "params": params[name], "forward_flops_executed": round(executed[name]),
+                   "forward_flops_ideal": round(ideal[name])}
+                  for name in COMPONENTS if params[name] or executed[name] or ideal[name]]
+    total = sum(params.values())
     inactive = 0
-    if moe_layers:
-        expert_params = by_component.get("moe", 0) - moe_layers * m.d_model * m.n_experts  # minus routers
-        inactive = expert_params * (m.n_experts - m.moe_top_k) // m.n_experts
+    if m.n_experts:  # per token only top_k of n_experts experts run
+        inactive = params["experts"] * (m.n_experts - m.moe_top_k) // m.n_experts
     active = total - inactive
-    non_embedding = active - by_component.get("embedding", 0) - by_component.get("positions", 0)
-    t = cfg.train.seq_len
-    # Kaplan/PaLM: 6 FLOPs per matmul parameter per token (fwd + bwd) + attention scores/values 12*L*d_attn*T.
-    attn_flops = 12 * m.n_layer * m.n_heads * m.head_dim * t
-    lm_head = m.d_model * m.vocab_size
-    flops = 6 * (non_embedding + lm_head) + attn_flops
-    return {"total": total, "by_component": by_component, "active_per_token": active,
-            "non_embedding": non_embedding, "flops_per_token": flops, "seq_len": t}
+    forward = {"executed": round(sum(executed.values())), "ideal": round(sum(ideal.values()))}
+    training = {kind: 3 * value for kind, value in forward.items()}
+    report = {
+        "total": total,
+        "by_component": {c["name"]: c["params"] for c in components if c["params"]},
+        "components": components,
+        "backbone": total - sum(params[h] for h in HEADS),
+        "active_per_token": active,
+        "non_embedding": active - params["embedding"] - params["positions"],
+        "seq_len": t,
+        "objective": cfg.objective.kind,
+        "causal": objective.causal,
+        "predicted_fraction": {"executed": executed_fraction, "ideal": ideal_fraction},
+        "forward_flops_per_token": forward,
+        "training_flops_per_token": training,
+        "flops_per_token": training["executed"],  # kept for readers of earlier reports
+        "weight_matrices": {"matrices": matrices, "weights": matrix_weights},
+    }
+    if not objective.causal:
+        report["bertmodel_convention"] = bert_model_convention(report, m.d_model)
+    return report
+
+
+def bert_model_convention(report: dict, d_model: int) -> dict:
+    """The count Hugging Face `BertModel` would give an encoder of these shapes: our backbone (no head) plus two
+    pieces this model does NOT have, listed separately so nobody mistakes them for ours."""
+    added = {"token_type_embeddings": BERT_TYPE_VOCAB * d_model, "pooler": d_model * d_model + d_model}
+    return {"params": report["backbone"] + sum(added.values()), "backbone": report["backbone"],
+            "not_in_this_model": added}
 
 
 def print_table(counts: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="parameters")
-    table.add_column("component")
-    table.add_column("params", justify="right")
-    table.add_column("share", justify="right")
-    for name, n in sorted(counts["by_component"].items(), key=lambda kv: -kv[1]):
-        table.add_row(name, f"{n:,}", f"{100 * n / counts['total']:.1f}%")
-    table.add_row("total", f"{counts['total']:,}", "100%", style="bold")
-    console = Console()
+    fwd = counts["forward_flops_per_token"]
+    table = Table(title=f"parameters and forward FLOPs per token (seq {counts['seq_len']}, "
+                        f"objective {counts['objective']})")
+    for col in ("component", "params", "share", "fwd FLOPs executed", "fwd FLOPs ideal", "share (ideal)"):
+        table.add_column(col, justify="left" if col == "component" else "right")
+    for c in counts["components"]:
+        table.add_row(c["name"], f"{c['params']:,}", f"{100 * c['params'] / counts['total']:.1f}%",
+                      f"{c['forward_flops_executed']:,}", f"{c['forward_flops_ideal']:,}",
+                      f"{100 * c['forward_flops_ideal'] / max(fwd['ideal'], 1):.1f}%")
+    table.add_row("total", f"{counts['total']:,}", "100%", f"{fwd['executed']:,}", f"{fwd['ideal']:,}", "100%",
+                  style="bold")
+    console = Console(width=max(Console().width, 140))  # the 175B numbers do not fit 80 columns
     console.print(table)
+    train = counts["training_flops_per_token"]
+    wm = counts["weight_matrices"]
     console.print(f"active per token: {counts['active_per_token']:,}   non-embedding: {counts['non_embedding']:,}   "
-                  f"training FLOPs per token (seq {counts['seq_len']}): {counts['flops_per_token']:.3e}")
+                  f"backbone (no head): {counts['backbone']:,}")
+    console.print(f"training FLOPs per token (3 x forward): {train['executed']:,} executed, {train['ideal']:,} ideal")
+    console.print(f"weight matrices (per-head q/k/v, untied unembedding, no biases/norms/positions): "
+                  f"{wm['matrices']:,} matrices, {wm['weights']:,} weights")
+    if "bertmodel_convention" in counts:
+        bert = counts["bertmodel_convention"]
+        extra = ", ".join(f"{k} {v:,}" for k, v in bert["not_in_this_model"].items())
+        console.print(f"Hugging Face BertModel convention: {bert['params']:,} = backbone {bert['backbone']:,} "
+                      f"+ pieces this model does not have ({extra})")

@@ -70,7 +70,8 @@ def open_run(workdir: str | Path, cfg: config_lib.Config | None = None, *, token
     if tokenizer is None:
         raise UserError(f"objective.kind={cfg.objective.kind} trains on a tokenizer it is given: fine-tune with "
                         f"`jaxformer finetune` instead of `jaxformer train`.")
-    cfg = config_lib.resolve(cfg, vocab_size=tokenizer.vocab_size, n_devices=jax.device_count())
+    cfg = config_lib.resolve(cfg, vocab_size=tokenizer.vocab_size, n_devices=jax.device_count(),
+                             special_ids=tokenizer.special_ids.spec())
     rundir.check_resume(workdir, cfg, extend=extend)
     _check_tokenizer(workdir, cfg, tokenizer)
     mesh = parallel.make_mesh(cfg.mesh)
@@ -102,3 +103,8 @@ def _check_tokenizer(workdir: Path, cfg: config_lib.Config, tokenizer: Tokenizer
         raise UserError(f"The tokenizer in {workdir} has {tokenizer.vocab_size} tokens but the run's model has "
                         f"model.vocab_size={cfg.model.vocab_size}: the tokenizer files do not belong to this run; "
                         f"restore them or start a new --workdir.")
+    spec = tokenizer.special_ids.spec()
+    if cfg.data.special_ids != spec:
+        raise UserError(f"The tokenizer in {workdir} has its special tokens at {spec or 'the standard ids'!r} but the "
+                        f"run's config records data.special_ids={cfg.data.special_ids!r}: the tokenizer files do "
+                        f"not belong to this run; restore them or start a new --workdir.")

@@ -12,9 +12,9 @@ timed: `compile_s`, with XLA's memory analysis), then `warmup` untimed and `step
 step, since on a shared machine interference only adds time).
 
 MFU = model FLOPs per token x tokens/s / the fp32 `jnp.dot` roofline measured IN THE SAME PROCESS (best of 10
-2048x2048 matmuls, before and after the run, the better one). Model FLOPs per token follow
-`jaxformer.params.count` (6 x matmul parameters + 12 x layers x d_attn x seq, full square: the PaLM convention),
-except that MLM's head counts only for the masked fraction of the positions it predicts.
+2048x2048 matmuls, before and after the run, the better one). Model FLOPs per token are
+`jaxformer.params.count`'s training FLOPs as executed (matmuls only: 6 x matmul weights + 12 x layers x d_attn x
+seq for the full attention square, the PaLM convention), with MLM's head counted only at its prediction slots.
 
 The comparison with Hugging Face PyTorch peers (same shapes, optimizer and JSON) is benchmarks/bench_train.py,
 which uses this module for the jaxformer cells; nothing here imports torch.
@@ -83,17 +83,17 @@ def bench_config(objective: str, config: str, *, batch_size: int, seq_len: int, 
 
 
 def model_flops(cfg) -> dict:
-    """Training (forward + backward) model FLOPs per token; MLM's head counts only for the predicted fraction."""
+    """Training (forward + backward) model FLOPs per token as executed (`jaxformer.params.count`: full attention
+    square, MLM's head at its prediction slots only), and the same with the head on every position."""
     from jaxformer import params as params_lib
 
     counts = params_lib.count(cfg)
-    full = counts["flops_per_token"]
-    out = {"flops_per_token": full, "flops_per_token_all_positions": full}
+    out = {"flops_per_token": counts["training_flops_per_token"]["executed"]}
+    head = sum(3 * c["forward_flops_executed"] for c in counts["components"] if c["name"] in params_lib.HEADS)
+    fraction = counts["predicted_fraction"]["executed"]
+    out["flops_per_token_all_positions"] = round(out["flops_per_token"] + head * (1 / fraction - 1))
     if cfg.objective.kind == "mlm":
-        m = cfg.model
-        head = 6 * (counts["by_component"].get("mlm_head", 0) + m.d_model * m.vocab_size)
-        out["flops_per_token"] = round(full - head + cfg.objective.mask_rate * head)
-        out["mlm_head_flops_per_predicted_token"] = head
+        out["mlm_head_flops_per_predicted_token"] = round(head / fraction)
     return out
 
 

@@ -23,6 +23,7 @@ from jaxformer import metrics as metrics_lib
 from jaxformer import parallel, rundir, train
 from jaxformer.checkpoint import Checkpointer
 from jaxformer.data.batching import batch_at, eval_batches, global_batch
+from jaxformer.data.tokenizers import SpecialIds
 from jaxformer.errors import NonFiniteError
 from jaxformer.run import Run, open_run
 
@@ -33,8 +34,13 @@ EVAL_MASK_SEED = 1234  # MLM eval masks are drawn from this fixed seed so eval l
 def make_batch(cfg: config_lib.Config, tokens: np.ndarray, step: int, mesh) -> dict:
     local = batch_at(tokens, batch_size=cfg.train.batch_size, seq_len=cfg.train.seq_len, seed=cfg.train.seed,
                      step=step, process_index=jax.process_index(), process_count=jax.process_count(),
-                     packing=cfg.data.packing)
+                     packing=cfg.data.packing, eos_id=_document_separator(cfg))
     return global_batch(local, parallel.batch_sharding(mesh))
+
+
+def _document_separator(cfg: config_lib.Config) -> int:
+    """The id between documents in the token stream (packing): the vocabulary's EOS."""
+    return SpecialIds.parse(cfg.data.special_ids).eos
 
 
 def evaluate(run: Run, eval_fn=None, *, split: str = "valid", n_batches: int | None = None) -> dict:
@@ -44,7 +50,8 @@ def evaluate(run: Run, eval_fn=None, *, split: str = "valid", n_batches: int | N
     n_batches = n_batches or cfg.train.eval_batches
     batches = eval_batches(run.corpus.split(split), batch_size=cfg.train.batch_size, seq_len=cfg.train.seq_len,
                            n_batches=n_batches, process_index=jax.process_index(),
-                           process_count=jax.process_count(), packing=cfg.data.packing)
+                           process_count=jax.process_count(), packing=cfg.data.packing,
+                           eos_id=_document_separator(cfg))
     totals = eval_totals(run, batches, eval_fn)
     n = max(totals["n_tokens"], 1.0)
     loss = totals["loss_sum"] / n
@@ -123,7 +130,9 @@ class _FiniteCheck:
 
 
 def fit(run: Run, *, batch_at: Callable[[int], dict], evaluate_state: Callable[[train.TrainState], dict],
-        show_progress: bool = True, stop_after: int | None = None) -> dict:
+        show_progress: bool = True, stop_after: int | None = None,
+        tokens_at: Callable[[int], int] | None = None,
+        stop_when: Callable[[int, dict], bool] | None = None) -> dict:
     """THE loop, for every objective (pretraining and fine-tuning): `train.train_step` from `run.state` to
     `train.steps`, with logging to metrics.jsonl, `evaluate_state(state)` (logged with a valid_ prefix) every
     train.eval_every steps and at the end, checkpoints, and a clean stop on SIGTERM / Ctrl-C. `batch_at(step)`
@@ -133,7 +142,11 @@ def fit(run: Run, *, batch_at: Callable[[int], dict], evaluate_state: Callable[[
     A step with a non-finite loss or gradient leaves the state as it was (see `train.train_step`); with
     train.on_nonfinite=skip the loop goes on and logs how many steps it skipped, with `stop` it raises
     NonFiniteError naming the step and saves nothing more. The flag of a step is read after the next step
-    is dispatched, so the host never waits on the step it has just queued."""
+    is dispatched, so the host never waits on the step it has just queued.
+
+    `tokens_at(step)`: the real (non-padding) tokens of a step's batch, for tokens/s (default: batch × seq_len).
+    `stop_when(step, logged)`: asked after each evaluation; True ends training there (early stopping) with a
+    checkpoint, and the result's `early_stopped` is True."""
     workdir, cfg = run.workdir, run.cfg
     is_main = jax.process_index() == 0
     start, total = int(jax.device_get(run.state.step)), cfg.train.steps
@@ -142,15 +155,15 @@ def fit(run: Run, *, batch_at: Callable[[int], dict], evaluate_state: Callable[[
     check_finite = _FiniteCheck(cfg.train.on_nonfinite == "stop", workdir, ckpt)
     step_fn = train.compile_train_step(run.shardings, run.mesh)
     key = jax.random.key(cfg.train.seed)
-    tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
+    tokens_at = tokens_at or (lambda step: cfg.train.batch_size * cfg.train.seq_len)
     summarize = functools.partial(metrics_lib.summarize, char_level=run.tokenizer.char_level,
                                   token_level=run.objective.token_level)
     state, window, last, previous = run.state, [], {}, None
     bar = tqdm(total=total, initial=start, desc=f"train {cfg.objective.kind}", disable=not (show_progress and is_main),
                dynamic_ncols=True)
-    t_window, n_timed = time.perf_counter(), 0
+    t_window, n_timed, n_tokens_timed = time.perf_counter(), 0, 0
     next_batch = batch_at(start) if start < total else None
-    stopped_early = False
+    stopped_early = early_stopped = False
     try:
         with _StopFlag() as stop:
             for step in range(start, total):
@@ -162,29 +175,31 @@ def fit(run: Run, *, batch_at: Callable[[int], dict], evaluate_state: Callable[[
                     check_finite(*previous)
                 previous = (done, metrics)
                 window.append(metrics)
-                n_timed += 1
+                n_timed, n_tokens_timed = n_timed + 1, n_tokens_timed + tokens_at(step)
                 if step == start:  # keep compilation out of the throughput figure (one sync per invocation)
                     jax.block_until_ready(metrics)
-                    t_window, n_timed = time.perf_counter(), 0
+                    t_window, n_timed, n_tokens_timed = time.perf_counter(), 0, 0
                 is_eval = cfg.train.eval_every and done % cfg.train.eval_every == 0
                 stopping = stop.requested or done == stop_after
                 if done % cfg.train.log_every == 0 or done == total or is_eval or stopping:
                     last = summarize(window)
                     elapsed = time.perf_counter() - t_window
                     if n_timed:
-                        last["tokens_per_s"] = n_timed * tokens_per_step / max(elapsed, 1e-9)
+                        last["tokens_per_s"] = n_tokens_timed / max(elapsed, 1e-9)
                     if is_eval or done == total:
                         last.update({f"valid_{k}": v for k, v in evaluate_state(state).items()})
+                        early_stopped = stop_when is not None and done < total and stop_when(done, last)
+                        stopping = stopping or early_stopped
                     writer.write(done, last)
                     bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last.get('tokens_per_s', 0):.0f}",
                                     refresh=False)
-                    window, t_window, n_timed = [], time.perf_counter(), 0
+                    window, t_window, n_timed, n_tokens_timed = [], time.perf_counter(), 0, 0
                 bar.update(1)
                 if done % cfg.train.checkpoint_every == 0 or done == total or stopping:
                     check_finite(done, metrics)  # never save past a step that should have stopped the run
                     ckpt.save(state)
                 if stopping:
-                    stopped_early = done < total
+                    stopped_early = done < total and not early_stopped
                     if stop.requested:
                         log.warning("stopped at step %d; checkpoint saved, re-run the same command to resume", done)
                     break
@@ -195,4 +210,5 @@ def fit(run: Run, *, batch_at: Callable[[int], dict], evaluate_state: Callable[[
         writer.close()
         ckpt.close()
     run.state = state
-    return {"step": int(jax.device_get(state.step)), **last, "preempted": stopped_early, "run": run}
+    return {"step": int(jax.device_get(state.step)), **last, "preempted": stopped_early,
+            "early_stopped": early_stopped, "run": run}

@@ -204,7 +204,8 @@ def _good(i: int) -> dict:
 
 TASKS = {
     "no-label.tsv": (_tsv([(f"s{i}", str(i % 2)) for i in range(20)], header="text\tstars"),
-                     "has no label column (found: text, stars): name it one of label, labels, class, sentiment."),
+                     "has no label column (found: text, stars): name it one of label, labels, class, sentiment, or pass "
+                     "--label-column NAME."),
     "no-label.jsonl": (_jsonl([{"text": f"s{i}", "stars": i % 2} for i in range(20)]),
                        "has no label column (found: text, stars)"),
     "short-row.tsv": (_tsv([(f"s{i}", str(i % 2)) for i in range(20)]).replace("s3\t1\n", "s3\n"),

@@ -32,7 +32,10 @@ def test_decoder_train_resume_eval_sample(tmp_path, capsys):
     work = str(tmp_path / "dec")
     assert main(["train", "--workdir", work, "--no-progress", "--sample-tokens", "20", "--set", *TINY,
                  "train.steps=10"]) == 0
-    capsys.readouterr()
+    out = capsys.readouterr().out  # where the run is and what to try next on a decoder
+    assert f"run directory: {os.path.abspath(work)}" in out
+    assert f"jaxformer eval --workdir {work}" in out and f"jaxformer sample --workdir {work}" in out
+    assert "fill-mask" not in out
     longer = ["train", "--workdir", work, "--no-progress", "--sample-tokens", "0", "--set", *TINY, "train.steps=20"]
     assert main(longer) == 2  # more steps change the schedule: only on purpose
     err = capsys.readouterr().err
@@ -58,7 +61,8 @@ def test_encoder_train_and_fill_mask(tmp_path, capsys):
     work = str(tmp_path / "enc")
     assert main(["train", "--preset", "encoder-tiny", "--workdir", work, "--no-progress", "--set", *TINY,
                  "train.steps=10"]) == 0
-    capsys.readouterr()
+    out = capsys.readouterr().out  # an encoder's next commands: eval and fill-mask, no sampling
+    assert f"jaxformer fill-mask --workdir {work} 'The [MASK] of" in out and "jaxformer sample" not in out
     assert main(["fill-mask", "--workdir", work, "def [MASK]():", "--top-k", "3"]) == 0
     out = capsys.readouterr().out
     assert out.count("[MASK] #") == 1 and len(out.strip().splitlines()) == 4
@@ -66,7 +70,7 @@ def test_encoder_train_and_fill_mask(tmp_path, capsys):
 
 def test_console_script_help_runs():
     """The installed entry point answers --help for every command (a fresh process, no XLA flags needed)."""
-    for command in ("train", "eval", "sample", "fill-mask", "params"):
+    for command in ("train", "eval", "sample", "fill-mask", "finetune", "predict", "params"):
         result = subprocess.run([sys.executable, "-m", "jaxformer.cli", command, "--help"], capture_output=True,
                                 text=True, timeout=120)
         assert result.returncode == 0 and "usage:" in result.stdout, result.stderr

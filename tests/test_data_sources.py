@@ -9,6 +9,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jaxformer.data import data_root, documents, sources
@@ -253,3 +254,71 @@ def test_data_modules_import_without_cycles():
 
     assert graph["sources"] >= {"documents", "tfds_local", "tfds_catalog"}  # the walk sees lazy imports too
     assert [name for name in sorted(names) if name in reachable(name)] == []
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+DOCS = ["first document\nwith two lines", "second one", "", "third: ünïcode"]
+
+
+def test_jsonl_rows_are_documents_in_order(tmp_path):
+    path = _write_jsonl(tmp_path / "c.jsonl", [{"text": d, "n": i} for i, d in enumerate(DOCS)] + [{"text": None}])
+    src = sources.open_source(f"jsonl:{path}:text", cache_root=tmp_path)
+    assert list(src.documents()) == [d for d in DOCS if d]  # null and empty rows are no documents
+    same = sources.open_source(f"jsonl:{path}:text", cache_root=tmp_path)
+    other_field = _write_jsonl(tmp_path / "d.jsonl", [{"body": d} for d in DOCS])
+    assert same.identity == src.identity
+    assert sources.open_source(f"jsonl:{other_field}:body", cache_root=tmp_path).identity != src.identity
+
+
+def test_parquet_rows_are_documents_in_order(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"text": DOCS, "label": list(range(len(DOCS)))}), path)
+    src = sources.open_source(f"parquet:{path}:text", cache_root=tmp_path)
+    assert list(src.documents()) == [d for d in DOCS if d]
+    with pytest.raises(UserError, match="no field 'body'.*label, text"):
+        sources.open_source(f"parquet:{path}:body", cache_root=tmp_path)
+
+
+@pytest.mark.parametrize("rows, spec_tail, match", [
+    ([{"text": "a"}], "", "names no field"),
+    ([{"body": "a"}], ":text", "no field 'text'.*body"),
+    ([{"text": 3}], ":text", "int in field 'text'"),
+])
+def test_bad_record_sources_are_one_sentence_user_errors(tmp_path, rows, spec_tail, match):
+    path = _write_jsonl(tmp_path / "c.jsonl", rows)
+    with pytest.raises(UserError, match=match):
+        list(sources.open_source(f"jsonl:{path}{spec_tail}", cache_root=tmp_path).documents())
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\nnot json\n')
+    with pytest.raises(UserError, match="Line 2 .* is not JSON"):
+        list(sources.open_source(f"jsonl:{tmp_path / 'bad.jsonl'}:text", cache_root=tmp_path).documents())
+
+
+def test_jsonl_corpus_tokenizes_like_one_text_file_per_document(tmp_path):
+    """The same documents from JSONL and from text files give the same token stream, so the token cache,
+    (seed, step) batching and exact resume behave the same for either source."""
+    from jaxformer.config import DataConfig
+    from jaxformer.data.pipeline import load_corpus
+
+    docs = [f"document {i}: " + "the quick brown fox " * (i + 3) for i in range(12)]
+    path = _write_jsonl(tmp_path / "c.jsonl", [{"text": d} for d in docs])
+    folder = tmp_path / "txt"
+    folder.mkdir()
+    for i, d in enumerate(docs):
+        (folder / f"{i:02d}.txt").write_text(d)
+    cache = str(tmp_path / "cache")
+    a = load_corpus(DataConfig(source=f"jsonl:{path}:text", tokenizer="byte", cache_dir=cache), None,
+                    show_progress=False)
+    b = load_corpus(DataConfig(source=f"text:{folder}", tokenizer="byte", cache_dir=cache), None, show_progress=False)
+    assert a.n_documents == 12 and list(a.tokens) == list(b.tokens)
+    again = load_corpus(DataConfig(source=f"jsonl:{path}:text", tokenizer="byte", cache_dir=cache), None,
+                        show_progress=False)
+    assert isinstance(again.tokens, np.memmap) and list(again.tokens) == list(a.tokens)  # read from the cache

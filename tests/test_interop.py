@@ -11,11 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from hf_fixtures import randomize
 from tiny import tiny_config
 
 from jaxformer import generate as gen
 from jaxformer.errors import UserError
-from jaxformer.interop import from_hf, load_hf_params, to_hf_gpt2
+from jaxformer.hf import from_hf, load_hf_params, to_hf_gpt2
 from jaxformer.model import build_model
 
 torch = pytest.importorskip("torch", reason="HF parity tests need torch (pip install torch==2.13.0)")
@@ -23,16 +24,6 @@ transformers = pytest.importorskip("transformers", reason="HF parity tests need 
 
 VOCAB, POSITIONS, TOL = 100, 64, 1e-4
 TOKENS = np.random.default_rng(0).integers(0, VOCAB, size=(2, 23))
-
-
-def randomize_torch(model, seed: int = 0):
-    """Every parameter random (norm scales around 1), so that biases, norms and type embeddings all count."""
-    gen_ = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen_) * 0.1
-            p.copy_(1.0 + noise if "LayerNorm.weight" in name or ".ln_" in name else noise)
-    return model.eval()
 
 
 def hf_logits(model, tokens) -> np.ndarray:
@@ -50,7 +41,7 @@ def test_gpt2_parity_and_round_trip(tmp_path, variant, torch_threads):
     extra = {} if variant == "tied" else dict(tie_word_embeddings=False, activation_function="gelu", n_inner=96)
     config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=VOCAB, n_positions=POSITIONS,
                                      bos_token_id=0, eos_token_id=0, **extra)
-    hf = randomize_torch(transformers.GPT2LMHeadModel(config))
+    hf = randomize(transformers.GPT2LMHeadModel(config))
     hf.save_pretrained(tmp_path / "hf")
     expected = hf_logits(hf, TOKENS)
 
@@ -68,7 +59,7 @@ def test_gpt2_parity_and_round_trip(tmp_path, variant, torch_threads):
 def test_bert_parity(tmp_path, torch_threads):
     config = transformers.BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
                                      intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=POSITIONS)
-    hf = randomize_torch(transformers.BertForMaskedLM(config), seed=1)
+    hf = randomize(transformers.BertForMaskedLM(config), seed=1)
     hf.save_pretrained(tmp_path / "hf")
     expected = hf_logits(hf, TOKENS)
     model = from_hf(tmp_path / "hf" / "model.safetensors")  # the weights file alone, config.json beside it

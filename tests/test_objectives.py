@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxformer.config import ObjectiveConfig
 from jaxformer.data.tokenizers import CLS, MASK, N_SPECIAL, PAD, SEP
@@ -74,3 +75,38 @@ def test_mlm_masks_depend_on_rng_only():
     c = MaskedLM(obj, V).mask_tokens(toks, jax.random.key(4))
     np.testing.assert_array_equal(a["inputs"], b["inputs"])
     assert (np.asarray(a["mask_positions"]) != np.asarray(c["mask_positions"])).any()
+
+
+def test_scattered_special_ids_are_never_masked_nor_drawn():
+    """An imported vocabulary (BERT-like: [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103): the random
+    replacements cover every ordinary id and no special one; jaxformer's table keeps randint(N_SPECIAL, V)."""
+    from jaxformer.data.tokenizers import DEFAULT_SPECIALS, SpecialIds
+    from jaxformer.objectives.mlm import is_ordinary, random_ordinary_ids
+
+    bert = SpecialIds(pad=0, unk=100, cls=101, sep=102, mask=103, bos=None, eos=102, reserved=())
+    assert SpecialIds.parse(bert.spec()) == bert and SpecialIds.parse("") == DEFAULT_SPECIALS
+    draws = np.asarray(random_ordinary_ids(jax.random.key(0), (20000,), 110, bert))
+    assert set(draws.tolist()) == set(range(110)) - {0, 100, 101, 102, 103}
+    tokens = jnp.arange(110)
+    assert np.flatnonzero(~np.asarray(is_ordinary(tokens, bert))).tolist() == [0, 100, 101, 102, 103]
+    key = jax.random.key(3)
+    np.testing.assert_array_equal(random_ordinary_ids(key, (64,), 300, DEFAULT_SPECIALS),
+                                  jax.random.randint(key, (64,), N_SPECIAL, 300))
+    assert np.flatnonzero(~np.asarray(is_ordinary(tokens, DEFAULT_SPECIALS))).tolist() == list(range(N_SPECIAL))
+
+
+def test_objectives_read_special_ids_from_the_config():
+    from jaxformer.config import load_config, resolve
+    from jaxformer.errors import UserError
+    from jaxformer.objectives import for_config
+
+    spec = "unk=0,bos=0,eos=0"  # GPT-2-like: one <|endoftext|>, no PAD
+    cfg = resolve(load_config("decoder-tiny", []), vocab_size=50, n_devices=1, special_ids=spec)
+    objective = for_config(cfg)
+    assert objective.specials.pad is None and objective.specials.eos == 0
+    tokens = jnp.array([[5, 0, 6, 0, 7]])  # id 0 is a real target here (EOS), not padding
+    assert np.asarray(objective.prepare({"tokens": tokens}, jax.random.key(0))["weights"]).tolist() == [[1] * 4]
+    with pytest.raises(UserError, match="needs a \\[MASK\\] token"):
+        resolve(load_config("encoder-tiny", []), vocab_size=50, n_devices=1, special_ids=spec)
+    with pytest.raises(UserError, match="data.special_ids"):
+        resolve(load_config("decoder-tiny", ["data.special_ids=pad=zero"]), vocab_size=50, n_devices=1)

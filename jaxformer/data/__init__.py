@@ -1,4 +1,5 @@
-"""Data: tokenizers, sources (builtin / text / TFDS), the on-disk token cache, and (seed, step) batching.
+"""Data: tokenizers, sources (builtin / text / JSONL / Parquet / TFDS), the on-disk token cache, and (seed, step)
+batching.
 
 Named data sets live under one data root, `data_root()`: $JAXFORMER_DATA, default ./data; configs write
 `@data/<path>` for a path under it (see root.py).

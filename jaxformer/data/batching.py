@@ -42,19 +42,21 @@ def local_rows(batch_size: int, process_index: int, process_count: int) -> slice
     return slice(process_index * per, (process_index + 1) * per)
 
 
-def windows_at(tokens: np.ndarray, starts: np.ndarray, seq_len: int, *, packing: bool = False) -> dict:
+def windows_at(tokens: np.ndarray, starts: np.ndarray, seq_len: int, *, packing: bool = False,
+               eos_id: int = EOS) -> dict:
     """Gather [len(starts), seq_len + 1] windows (one fancy-indexing read, no per-token Python)."""
     index = starts[:, None] + np.arange(seq_len + 1, dtype=np.int64)[None, :]
     batch = {"tokens": np.asarray(tokens[index], dtype=np.int32)}
     if packing:
-        batch.update(packing_arrays(batch["tokens"]))
+        batch.update(packing_arrays(batch["tokens"], eos_id))
     return batch
 
 
-def packing_arrays(windows: np.ndarray) -> dict:
-    """segment_ids and positions for [B, L] windows whose documents are separated by EOS."""
+def packing_arrays(windows: np.ndarray, eos_id: int = EOS) -> dict:
+    """segment_ids and positions for [B, L] windows whose documents are separated by `eos_id` (the tokenizer's
+    `special_ids.eos`)."""
     b, length = windows.shape
-    ends_doc = windows == EOS
+    ends_doc = windows == eos_id
     starts_doc = np.zeros((b, length), dtype=bool)
     starts_doc[:, 0] = True
     starts_doc[:, 1:] = ends_doc[:, :-1]
@@ -65,16 +67,16 @@ def packing_arrays(windows: np.ndarray) -> dict:
 
 
 def batch_at(tokens: np.ndarray, *, batch_size: int, seq_len: int, seed: int, step: int, process_index: int = 0,
-             process_count: int = 1, packing: bool = False) -> dict:
+             process_count: int = 1, packing: bool = False, eos_id: int = EOS) -> dict:
     """This process's rows of the global batch at (seed, step): {"tokens": int32 [B_local, seq_len+1]}
     (+ "segment_ids", "positions" with packing)."""
     starts = window_starts(len(tokens), batch_size=batch_size, seq_len=seq_len, seed=seed, step=step)
     rows = local_rows(batch_size, process_index, process_count)
-    return windows_at(tokens, starts[rows], seq_len, packing=packing)
+    return windows_at(tokens, starts[rows], seq_len, packing=packing, eos_id=eos_id)
 
 
 def eval_batches(tokens: np.ndarray, batch_size: int, seq_len: int, n_batches: int, *, process_index: int = 0,
-                 process_count: int = 1, packing: bool = False) -> list[dict]:
+                 process_count: int = 1, packing: bool = False, eos_id: int = EOS) -> list[dict]:
     """Fixed validation batches: batch_size * n_batches windows evenly spaced over the split (the same every
     evaluation and every run), each batch sliced per process like `batch_at`."""
     n_windows = len(tokens) - seq_len
@@ -84,7 +86,7 @@ def eval_batches(tokens: np.ndarray, batch_size: int, seq_len: int, n_batches: i
     total = batch_size * n_batches
     starts = np.linspace(0, n_windows - 1, num=total).round().astype(np.int64).reshape(n_batches, batch_size)
     rows = local_rows(batch_size, process_index, process_count)
-    return [windows_at(tokens, s[rows], seq_len, packing=packing) for s in starts]
+    return [windows_at(tokens, s[rows], seq_len, packing=packing, eos_id=eos_id) for s in starts]
 
 
 def global_batch(local: dict, sharding, *, global_batch_size: int | None = None) -> dict:

@@ -24,19 +24,20 @@ class Source:
     n_chars: int | None = None  # approximate (file bytes for text files): sizes progress bars only
 
 
-def resolve_text_files(pattern: str, *, spec: str) -> list[Path]:
-    """A file, a directory (all *.txt below it) or a glob, `@data/` resolved; sorted; UserError when nothing
+def resolve_text_files(pattern: str, *, spec: str, suffix: str = ".txt", form: str = "text:<file|glob|dir>"
+                       ) -> list[Path]:
+    """A file, a directory (all *<suffix> below it) or a glob, `@data/` resolved; sorted; UserError when nothing
     matches."""
     if not pattern:
-        raise UserError(f"data.source={spec} names no path: write text:<file|glob|dir>.")
+        raise UserError(f"data.source={spec} names no path: write {form}.")
     path = resolve_data_path(pattern)
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        files = sorted(p for p in path.rglob(f"*{suffix}") if p.is_file())
         if not files:
-            raise UserError(f"The directory {path} (data.source={spec}) holds no *.txt files: point "
-                            f"data.source at a text file or a glob such as text:{path}/*.md.")
+            raise UserError(f"The directory {path} (data.source={spec}) holds no *{suffix} files: point "
+                            f"data.source at a file or a glob such as {spec.partition(':')[0]}:{path}/*{suffix}.")
         return files
     files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
     if not files and is_data_path(pattern):

@@ -1,8 +1,8 @@
 """`load_corpus`: source -> tokenizer -> token ids cached on disk -> train/valid memmaps.
 
-Token stream: the documents' ids in source order, with ONE EOS between consecutive documents (none before
-the first or after the last). Since no text encodes to EOS, the EOS tokens are exactly the document
-boundaries; packing (see batching.py) derives segments from them, so no second array is stored.
+Token stream: the documents' ids in source order, with ONE EOS (the tokenizer's `special_ids.eos`) between
+consecutive documents (none before the first or after the last). Since no text encodes to EOS, the EOS tokens
+are exactly the document boundaries; packing (see batching.py) derives segments from them, so no second array is stored.
 
 Split: the first int(n * (1 - valid_fraction)) tokens are train, the rest valid (nanoGPT's 90/10 for tiny
 shakespeare). The tokenizer is trained on the first (1 - valid_fraction) of the CHARACTERS (the split is in
@@ -26,7 +26,7 @@ import numpy as np
 from jaxformer.data import token_cache
 from jaxformer.data.documents import Source
 from jaxformer.data.sources import open_source
-from jaxformer.data.tokenizers import EOS, Tokenizer, check_kind, load_tokenizer, train_tokenizer
+from jaxformer.data.tokenizers import Tokenizer, check_kind, load_tokenizer, train_tokenizer
 from jaxformer.errors import UserError
 
 MAX_TOKENIZER_CHARS = 200_000_000  # tokenizer training text cap (memory); char vocab beyond it -> UNK
@@ -111,6 +111,8 @@ def resolve_tokenizer(data_cfg, source: Source, workdir, root: Path) -> Tokenize
         check_kind(tok, data_cfg.tokenizer, workdir)
         return tok
     kind = data_cfg.tokenizer
+    if kind == "hf":
+        train_tokenizer(kind, "", 0)  # refuses: a Hugging Face tokenizer comes only with its imported run
     size_part = str(data_cfg.vocab_size) if kind in ("bpe", "unigram") else "-"
     cached_dir = root / "tokenizers" / token_cache.cache_key("tokenizer-v1", source.identity, kind, size_part,
                                                              repr(float(data_cfg.valid_fraction)))
@@ -156,7 +158,10 @@ def _pieces(doc: str) -> Iterator[str]:
 def _token_chunks(source: Source, tok: Tokenizer, stats: dict, show_progress: bool) -> Iterator[np.ndarray]:
     from tqdm.auto import tqdm
 
-    eos = np.array([EOS], np.int32)
+    if tok.special_ids.eos is None:
+        raise UserError(f"The {tok.kind} tokenizer has no end-of-text token to separate the documents of "
+                        f"{source.spec}: use a tokenizer with one.")
+    eos = np.array([tok.special_ids.eos], np.int32)
     n_docs = 0
     # counted in characters, so that a single large document (tiny shakespeare) still shows progress
     with tqdm(total=source.n_chars, desc=f"tokenizing {source.spec} ({tok.kind})", unit="char", unit_scale=True,

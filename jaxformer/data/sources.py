@@ -9,6 +9,8 @@
     tfds:<name>[/config][:split]     a TensorFlow Datasets catalog dataset (needs the `tf` extra to prepare)
     tfds:<path>[:split]              a local file/glob/dir prepared by jaxformer's own TFDS builder into
                                      array_record and read back with tfds.data_source (no TensorFlow)
+    jsonl:<file|glob|dir>:<field>    JSON Lines / Parquet rows, one document per row's text field (records.py;
+    parquet:<file|glob|dir>:<field>  Parquet needs pyarrow, the `parquet` extra)
 
 Why one document per file (not per blank-line paragraph): it keeps a single-file corpus byte-identical to the
 file, so tiny shakespeare's 90/10 split is exactly nanoGPT's. Put documents in separate files (or use TFDS)
@@ -25,6 +27,7 @@ import re
 from pathlib import Path
 
 from jaxformer.data.documents import Source, read_text_file, resolve_text_files
+from jaxformer.data.records import FORMATS, record_source
 from jaxformer.data.root import PREFIX
 from jaxformer.errors import UserError
 
@@ -39,8 +42,10 @@ def open_source(spec: str, *, cache_root: Path) -> Source:
         return text_source(rest, spec=spec)
     if sep and kind == "tfds":
         return tfds_source(rest, spec=spec, cache_root=cache_root)
-    raise UserError(f"Unknown data.source '{spec}': use builtin, text:<file|glob|dir> or "
-                    f"tfds:<name>[/config][:split].")
+    if sep and kind in FORMATS:
+        return record_source(kind, rest, spec=spec)
+    raise UserError(f"Unknown data.source '{spec}': use builtin, text:<file|glob|dir>, "
+                    f"tfds:<name>[/config][:split], jsonl:<file>:<field> or parquet:<file>:<field>.")
 
 
 # ---------------------------------------------------------------------------------------------- builtin

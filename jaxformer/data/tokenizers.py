@@ -1,7 +1,11 @@
-"""Tokenizers (char, byte, SentencePiece BPE / unigram, word) that share one fixed table of special-token ids.
+"""Tokenizers (char, byte, SentencePiece BPE / unigram, word) that share one fixed table of special-token ids, and
+loading any saved tokenizer (these, or a Hugging Face model's from hf_tokenizer.py) from a run directory. The
+interface and the special ids are in tokenizer_base.py, re-exported here.
 
-Every tokenizer reserves ids 0..7 for the same specials, so code downstream (MLM masking, padding, packing)
-can test `id < N_SPECIAL` without knowing which tokenizer a run used. Ordinary tokens start at N_SPECIAL.
+jaxformer's own tokenizers reserve ids 0..7 for the same specials (`DEFAULT_SPECIALS`); ordinary tokens start
+at N_SPECIAL. An imported Hugging Face tokenizer keeps its vocabulary's own ids, so code downstream (MLM
+masking, padding, packing, EOS, fill-mask) asks `tokenizer.special_ids`, or, inside the jitted step, the
+config's `data.special_ids` (the same table, recorded from the tokenizer by `config.resolve`).
 
 The literal texts "[MASK]", "[CLS]" and "[SEP]" inside input text encode to their special ids in every
 tokenizer (fill-mask writes "[MASK]" into a prompt). `decode` drops every special id (the word tokenizer writes
@@ -10,13 +14,13 @@ UNK as "<unk>"). `encode` takes any str: lone surrogates (which no UTF encoding 
 char, byte, bpe and unigram give text back exactly (`EXACT_KINDS`); `word` keeps the words and the line ends
 and normalises other whitespace (word-level corpora such as Penn Treebank are whitespace-tokenized already).
 
-A tokenizer is saved as `<workdir>/tokenizer/tokenizer.json` (+ `spm.model` for SentencePiece) and reused on
-resume; its `fingerprint` keys the token cache and guards against resuming with a different tokenizer.
+A tokenizer is saved as `<workdir>/tokenizer/tokenizer.json` (+ `spm.model` for SentencePiece,
+`hf_tokenizer.json` for a Hugging Face one) and reused on resume; its `fingerprint` keys the token cache and
+guards against resuming with a different tokenizer.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -26,102 +30,36 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxformer import atomic
+from jaxformer.data.tokenizer_base import (
+    BOS,
+    CLS,
+    DEFAULT_SPECIALS,
+    EOS,
+    LITERAL_SPECIALS,
+    MASK,
+    META_FILE,
+    N_SPECIAL,
+    PAD,
+    SEP,
+    SPECIAL_TOKENS,
+    TOKENIZER_DIR,
+    UNK,
+    SpecialIds,
+    Tokenizer,
+    without_surrogates,
+)
 from jaxformer.errors import UserError
 
-PAD, UNK, BOS, EOS, MASK, CLS, SEP = 0, 1, 2, 3, 4, 5, 6
-N_SPECIAL = 8  # id 7 is reserved
-SPECIAL_TOKENS = {"[PAD]": PAD, "[UNK]": UNK, "[BOS]": BOS, "[EOS]": EOS, "[MASK]": MASK, "[CLS]": CLS,
-                  "[SEP]": SEP}
-# Specials that may be written literally in input text. PAD/BOS/EOS/UNK are not: a corpus that happens to
-# contain "[EOS]" must not fake a document boundary.
-LITERAL_SPECIALS = {"[MASK]": MASK, "[CLS]": CLS, "[SEP]": SEP}
-_LITERAL_RE = re.compile("(" + "|".join(re.escape(t) for t in LITERAL_SPECIALS) + ")")
+__all__ = ["BOS", "CLS", "DEFAULT_SPECIALS", "EOS", "EXACT_KINDS", "KINDS", "LITERAL_SPECIALS", "MASK", "N_SPECIAL", "PAD", "SEP",
+           "SPECIAL_TOKENS", "UNK", "ByteTokenizer", "CharTokenizer", "SentencePieceTokenizer", "SpecialIds",
+           "Tokenizer", "WordTokenizer", "check_kind", "load_tokenizer", "train_tokenizer"]
 
 EXACT_KINDS = ("char", "byte", "bpe", "unigram")  # decode(encode(text)) == text for text they can represent
 KINDS = (*EXACT_KINDS, "word")
-TOKENIZER_DIR = "tokenizer"
-_META_FILE = "tokenizer.json"
 _SPM_FILE = "spm.model"
-
-
-_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 _RESERVED7 = "[RESERVED7]"  # the user symbol holding id 7 in every SentencePiece model
 # Text SentencePiece would not give back: its whitespace mark U+2581 (decodes to " ") and the reserved symbol.
 _SP_ESCAPE_RE = re.compile("(\u2581|" + re.escape(_RESERVED7) + ")")
-
-
-def _without_surrogates(text: str) -> str:
-    """Lone surrogates (from JSON "\\ud800" escapes or surrogateescape'd file names) cannot be UTF-8/UTF-32
-    encoded: they become U+FFFD, as an invalid byte does when a file is decoded."""
-    return text if text.isascii() else _SURROGATE_RE.sub("\ufffd", text)
-
-
-def _split_literals(text: str) -> list[str]:
-    """Split text around literal specials: ["the ", "[MASK]", " sat"]; cheap when there are none."""
-    if "[" not in text:
-        return [text]
-    return [part for part in _LITERAL_RE.split(text) if part]
-
-
-class Tokenizer:
-    """Base: `encode` str -> int32 ids (no specials added), `decode` ids -> str (specials dropped)."""
-
-    kind: str = ""
-
-    @property
-    def vocab_size(self) -> int:
-        raise NotImplementedError
-
-    @property
-    def char_level(self) -> bool:
-        """True when one token is at most one character (bits per character = bits per token)."""
-        return self.kind in ("char", "byte")
-
-    @property
-    def fingerprint(self) -> str:
-        if getattr(self, "_fingerprint", None) is None:  # tokenizers are immutable: hash once
-            self._fingerprint = hashlib.sha256(self._content()).hexdigest()[:16]
-        return self._fingerprint
-
-    def encode(self, text: str) -> np.ndarray:
-        parts = _split_literals(_without_surrogates(text))
-        if len(parts) == 1 and parts[0] not in LITERAL_SPECIALS:
-            return self._encode_plain(parts[0])
-        chunks = [np.array([LITERAL_SPECIALS[p]], np.int32) if p in LITERAL_SPECIALS else self._encode_plain(p)
-                  for p in parts]
-        return np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
-
-    def decode(self, ids: Iterable[int] | np.ndarray) -> str:
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        return self._decode_plain(ids[ids >= N_SPECIAL])
-
-    def save(self, workdir: str | os.PathLike) -> None:
-        folder = Path(workdir) / TOKENIZER_DIR
-        for name, data in self._files().items():
-            atomic.write_bytes(folder / name, data)
-        meta = {"kind": self.kind, "vocab_size": self.vocab_size, "fingerprint": self.fingerprint,
-                **self._meta()}
-        atomic.write_bytes(folder / _META_FILE, json.dumps(meta, indent=2).encode())
-
-    # subclass hooks
-    def _encode_plain(self, text: str) -> np.ndarray:
-        raise NotImplementedError
-
-    def _decode_plain(self, ids: np.ndarray) -> str:
-        raise NotImplementedError
-
-    def _content(self) -> bytes:
-        raise NotImplementedError
-
-    def _meta(self) -> dict:
-        return {}
-
-    def _files(self) -> dict[str, bytes]:
-        return {}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(kind={self.kind!r}, vocab_size={self.vocab_size}, fp={self.fingerprint})"
 
 
 class CharTokenizer(Tokenizer):
@@ -286,7 +224,7 @@ class WordTokenizer(Tokenizer):
     def train(cls, text: str) -> WordTokenizer:
         from collections import Counter
 
-        counts = Counter(_without_surrogates(text).split())
+        counts = Counter(without_surrogates(text).split())
         for word in (UNK_WORD, *LITERAL_SPECIALS):
             counts.pop(word, None)
         return cls(sorted(counts, key=lambda w: (-counts[w], w)))  # frequency order, ties by spelling: stable
@@ -345,6 +283,9 @@ def train_tokenizer(kind: str, train_text: str, vocab_size: int) -> Tokenizer:
         return SentencePieceTokenizer.train(kind, train_text, vocab_size)
     if kind == "word":
         return WordTokenizer.train(train_text)
+    if kind == "hf":
+        raise UserError("data.tokenizer=hf is a Hugging Face model's own tokenizer, which is not trained here: "
+                        "make the run with `jaxformer import-hf`, or choose char, byte, bpe, unigram or word.")
     raise UserError(f"Unknown tokenizer '{kind}' in data.tokenizer: choose one of {', '.join(KINDS)}.")
 
 
@@ -353,9 +294,9 @@ def load_tokenizer(workdir: str | os.PathLike | None) -> Tokenizer | None:
     if workdir is None:
         return None
     folder = Path(workdir)
-    if not (folder / _META_FILE).exists():
+    if not (folder / META_FILE).exists():
         folder = folder / TOKENIZER_DIR
-    meta_path = folder / _META_FILE
+    meta_path = folder / META_FILE
     if not meta_path.exists():
         return None
     try:
@@ -367,6 +308,10 @@ def load_tokenizer(workdir: str | os.PathLike | None) -> Tokenizer | None:
             tok = ByteTokenizer()
         elif kind == "word":
             tok = WordTokenizer(meta["words"])
+        elif kind == "hf":
+            from jaxformer.data.hf_tokenizer import HF_FILE, HFTokenizer
+
+            tok = HFTokenizer((folder / HF_FILE).read_bytes(), meta["roles"])
         else:
             tok = SentencePieceTokenizer((folder / _SPM_FILE).read_bytes(), kind)
     except (OSError, ValueError, KeyError, RuntimeError) as err:

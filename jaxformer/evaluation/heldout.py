@@ -39,7 +39,6 @@ from jaxformer import parallel
 from jaxformer.data import token_cache
 from jaxformer.data.pipeline import _pieces
 from jaxformer.data.sources import open_source
-from jaxformer.data.tokenizers import EOS, PAD, UNK
 from jaxformer.errors import UserError
 
 LN2 = math.log(2.0)
@@ -88,7 +87,8 @@ def score_tokens(run, tokens: np.ndarray, *, stride: int | None = None, batch_si
     seq_len = seq_len or run.cfg.train.seq_len
     stride = max(seq_len // 2, 1) if stride is None else stride
     n = len(tokens)
-    stream = np.concatenate([[EOS], np.asarray(tokens, np.int64), np.full(seq_len, PAD)])  # PAD: short texts
+    specials = run.objective.specials  # the vocabulary's EOS (document boundary) and padding ids
+    stream = np.concatenate([[specials.eos], np.asarray(tokens, np.int64), np.full(seq_len, specials.fill)])
     plan = window_plan(n, seq_len, stride)
     n_devices = run.mesh.devices.size
     rows = -(-(batch_size or run.cfg.train.batch_size) // n_devices) * n_devices
@@ -99,8 +99,8 @@ def score_tokens(run, tokens: np.ndarray, *, stride: int | None = None, batch_si
     for first in range(0, len(plan), rows):
         chunk = plan[first:first + rows]
         idx_BxT = chunk[:, :1] + offsets_T[None, :]
-        inputs = np.zeros((rows, seq_len), np.int32)  # padding rows: all PAD, never read back
-        targets = np.zeros((rows, seq_len), np.int32)
+        inputs = np.full((rows, seq_len), specials.fill, np.int32)  # padding rows: never read back
+        targets = np.full((rows, seq_len), specials.fill, np.int32)
         inputs[:len(chunk)], targets[:len(chunk)] = stream[idx_BxT], stream[idx_BxT + 1]
         nll_BxT = np.asarray(jax.device_get(nll_fn(run.state.params, jax.device_put(inputs, sharding),
                                                    jax.device_put(targets, sharding))), np.float64)
@@ -131,7 +131,7 @@ def encode_documents(tokenizer, documents: list[str]) -> np.ndarray:
     parts: list[np.ndarray] = []
     for i, doc in enumerate(documents):
         if i:
-            parts.append(np.array([EOS], np.int32))
+            parts.append(np.array([tokenizer.special_ids.eos], np.int32))
         parts += [tokenizer.encode(piece) for piece in _pieces(doc)]
     return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
@@ -162,7 +162,8 @@ def evaluate_text(run, spec: str, *, stride: int | None = None, batch_size: int 
     seq_len = run.cfg.train.seq_len
     stride = max(seq_len // 2, 1) if stride is None else stride
     scores = score_tokens(run, tokens, stride=stride, batch_size=batch_size, seq_len=seq_len)
-    counts = {**text_counts(documents), "n_unk": int(np.sum(tokens == UNK))}
+    unk = run.tokenizer.special_ids.unk
+    counts = {**text_counts(documents), "n_unk": 0 if unk is None else int(np.sum(tokens == unk))}
     out = {**summary(float(scores.nll.sum()), len(tokens), counts), "seq_len": seq_len, "stride": stride,
            # the context every token past the first window had (those in it have all the text before them)
            "min_context": int(scores.context[seq_len:].min()) if len(tokens) > seq_len else None}
@@ -177,6 +178,7 @@ def ngram_baseline(run, tokens: np.ndarray, order: int, counts: dict) -> dict:
     from jaxformer.evaluation.ngram import KneserNey
 
     corpus = load_corpus(run.cfg.data, run.workdir, show_progress=False)
-    model = KneserNey.fit(np.asarray(corpus.train), vocab_size=run.tokenizer.vocab_size, order=order)
+    model = KneserNey.fit(np.asarray(corpus.train), vocab_size=run.tokenizer.vocab_size, order=order,
+                          boundary=run.tokenizer.special_ids.eos)
     nll = model.nll(np.asarray(tokens))
     return {"order": order, "train_tokens": len(corpus.train), **summary(float(nll.sum()), len(tokens), counts)}

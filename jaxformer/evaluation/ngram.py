@@ -9,7 +9,7 @@ For order k with history h (the k-1 tokens before w) and discount D_k:
 c_n is the raw count of the n-gram; for lower orders c_k(g) is the continuation count, the number of distinct
 tokens seen in front of g (Kneser & Ney 1995; Chen & Goodman 1998, "interpolated Kneser-Ney"). N1+(h .) is the
 number of distinct w with c_k(h w) > 0. D_k = n1 / (n1 + 2 n2) from the order's counts of counts unless given.
-Streams are padded in front with order - 1 EOS ids, so the first tokens have a history too.
+Streams are padded in front with order - 1 `boundary` ids (EOS), so the first tokens have a history too.
 
 N-grams are int64 keys in base vocab_size (sorted arrays, looked up with searchsorted): a trigram over Penn
 Treebank's 930k tokens counts in about a second.
@@ -52,16 +52,18 @@ class KneserNey:
     order: int
     vocab_size: int
     orders: tuple[_Order, ...]  # orders[k - 1] is order k
+    boundary: int = EOS  # the id in front of a stream (the vocabulary's EOS, which separates documents)
 
     @classmethod
     def fit(cls, tokens: np.ndarray, *, vocab_size: int, order: int = 3,
-            discount: float | None = None) -> KneserNey:
+            discount: float | None = None, boundary: int | None = EOS) -> KneserNey:
         if order < 1:
             raise UserError(f"The n-gram order must be at least 1, not {order}.")
         if float(vocab_size) ** order >= 2.0 ** 62:
             raise UserError(f"An order-{order} n-gram over {vocab_size} ids does not fit 64-bit keys: use a lower "
                             f"order.")
-        grams = cls._gram_keys(np.asarray(tokens, np.int64), order, vocab_size)
+        boundary = EOS if boundary is None else boundary
+        grams = cls._gram_keys(np.asarray(tokens, np.int64), order, vocab_size, boundary)
         keys, counts = np.unique(grams[order - 1], return_counts=True)
         per_order = [(keys, counts.astype(np.float64))]
         for k in range(order - 1, 0, -1):  # continuation counts: distinct left neighbours of each k-gram
@@ -74,12 +76,12 @@ class KneserNey:
             d = estimated_discount(counts) if discount is None else float(discount)
             orders.append(_Order(keys, counts, hist_keys, np.bincount(inverse, weights=counts),
                                  np.bincount(inverse).astype(np.float64), d))
-        return cls(order, vocab_size, tuple(orders))
+        return cls(order, vocab_size, tuple(orders), boundary)
 
     @staticmethod
-    def _gram_keys(tokens: np.ndarray, order: int, vocab_size: int) -> list[np.ndarray]:
-        """keys[k - 1][i]: the k-gram ending at token i of the EOS-padded stream, for every order k."""
-        padded = np.concatenate([np.full(order - 1, EOS, np.int64), tokens])
+    def _gram_keys(tokens: np.ndarray, order: int, vocab_size: int, boundary: int) -> list[np.ndarray]:
+        """keys[k - 1][i]: the k-gram ending at token i of the boundary-padded stream, for every order k."""
+        padded = np.concatenate([np.full(order - 1, boundary, np.int64), tokens])
         n = len(tokens)
         keys, key = [], np.zeros(n, np.int64)
         for k in range(1, order + 1):
@@ -100,13 +102,13 @@ class KneserNey:
         return p
 
     def nll(self, tokens: np.ndarray) -> np.ndarray:
-        """-ln P of each token of `tokens` given the order - 1 before it (EOS before the first), float64."""
+        """-ln P of each token of `tokens` given the order - 1 before it (`boundary` before the first), float64."""
         tokens = np.asarray(tokens, np.int64)
-        return -np.log(self._probs(self._gram_keys(tokens, self.order, self.vocab_size)))
+        return -np.log(self._probs(self._gram_keys(tokens, self.order, self.vocab_size, self.boundary)))
 
     def prob(self, history: list[int], word: int) -> float:
-        """P(word | the last order - 1 ids of history, EOS-padded on the left)."""
-        context = [EOS] * (self.order - 1) + list(history)
+        """P(word | the last order - 1 ids of history, `boundary`-padded on the left)."""
+        context = [self.boundary] * (self.order - 1) + list(history)
         context = context[len(context) - (self.order - 1):] if self.order > 1 else []
-        keys = self._gram_keys(np.asarray(context + [word], np.int64), self.order, self.vocab_size)
+        keys = self._gram_keys(np.asarray(context + [word], np.int64), self.order, self.vocab_size, self.boundary)
         return float(self._probs([k[-1:] for k in keys])[0])

@@ -24,8 +24,10 @@ OBJECTIVES: dict[str, type[Objective]] = {o.kind: o for o in (CausalLM, MaskedLM
 
 
 def for_config(cfg: Config) -> Objective:
-    """The objective of a (resolved) config."""
-    return OBJECTIVES[cfg.objective.kind](cfg.objective, cfg.model.vocab_size)
+    """The objective of a (resolved) config, with the special ids of its vocabulary."""
+    from jaxformer.data.tokenizers import SpecialIds
+
+    return OBJECTIVES[cfg.objective.kind](cfg.objective, cfg.model.vocab_size, SpecialIds.parse(cfg.data.special_ids))
 
 
 __all__ = ["OBJECTIVES", "CausalLM", "MaskedLM", "Objective", "SequenceClassification", "for_config",

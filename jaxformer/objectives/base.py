@@ -14,23 +14,28 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxformer.data.tokenizer_base import DEFAULT_SPECIALS, SpecialIds
 from jaxformer.errors import UserError
 
 if TYPE_CHECKING:
-    from jaxformer.config import ObjectiveConfig
+    from jaxformer.config import Config, ObjectiveConfig
 
 # What a trained run can be asked to do -> the command that does it (for "use this instead" hints).
-ABILITY_COMMANDS = {"sample": "jaxformer sample", "fill-mask": "jaxformer fill-mask"}
+ABILITY_COMMANDS = {"sample": "jaxformer sample", "fill-mask": "jaxformer fill-mask", "predict": "jaxformer predict"}
+# What a run must be to do it (for "... needs ..." in the same hints).
+ABILITY_NEEDS = {"sample": "a decoder run (objective.kind=clm)", "fill-mask": "an encoder run (objective.kind=mlm)",
+                 "predict": "a fine-tuned classifier (made by jaxformer finetune)"}
 
 
 @dataclass(frozen=True)
 class Objective:
     cfg: ObjectiveConfig
     vocab_size: int
+    specials: SpecialIds = DEFAULT_SPECIALS  # the vocabulary's PAD/EOS/MASK/... ids (data.special_ids)
 
     kind: ClassVar[str]
     head: ClassVar[str]  # the Transformer head it trains: "lm", "mlm" or "classifier"
-    abilities: ClassVar[frozenset[str]] = frozenset()  # what a trained run of it supports: "sample", "fill-mask"
+    abilities: ClassVar[frozenset[str]] = frozenset()  # what a trained run supports: "sample", "fill-mask", "predict"
     token_level: ClassVar[bool] = True  # one prediction per token (perplexity/bpc mean something), else per example
 
     @classmethod
@@ -39,10 +44,13 @@ class Objective:
         return o
 
     @classmethod
-    def validate_config(cls, o: ObjectiveConfig) -> None:
+    def validate_config(cls, cfg: Config) -> None:
         """Raise UserError for settings this kind cannot use (config.validate calls it)."""
-        if o.linear_probe:
+        if cfg.objective.linear_probe:
             raise UserError("objective.linear_probe applies to fine-tuning only (objective.kind=classify).")
+        if cfg.train.early_stop_patience:
+            raise UserError("train.early_stop_patience applies to fine-tuning only (objective.kind=classify): leave "
+                            "it at 0.")
 
     @property
     def causal(self) -> bool:
@@ -70,11 +78,21 @@ class Objective:
         """This objective's vocabulary head at every given position (import parity, fill-mask)."""
         return model.mlm_logits(hidden_xD) if self.head == "mlm" else model.logits(hidden_xD)
 
-    def loss_sums(self, model, ex: dict, *, rng: jax.Array | None) -> tuple[jax.Array, dict]:
-        """Summed cross-entropy over weighted predictions, plus sums for accuracy and the MoE auxiliary loss."""
+    @property
+    def description(self) -> str:
+        """What a run of this objective is, for hints: "a decoder run with objective.kind=clm"."""
+        article = "an" if self.family[0] in "aeiou" else "a"
+        return f"{article} {self.family} run with objective.kind={self.kind}"
+
+    def logits(self, model, ex: dict, *, rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """float32 logits at the predicted slots of `ex` (the forward pass), and the MoE auxiliary loss."""
         hidden_BxTxD, aux, _ = model(ex["inputs"], causal=self.causal, positions_BxT=ex.get("positions"),
                                      segment_ids_BxT=ex.get("segment_ids"), rng=rng)
-        logits = self.scores(model, hidden_BxTxD, ex).astype(jnp.float32)
+        return self.scores(model, hidden_BxTxD, ex).astype(jnp.float32), aux
+
+    def loss_sums(self, model, ex: dict, *, rng: jax.Array | None) -> tuple[jax.Array, dict]:
+        """Summed cross-entropy over weighted predictions, plus sums for accuracy and the MoE auxiliary loss."""
+        logits, aux = self.logits(model, ex, rng=rng)
         xent = optax.softmax_cross_entropy_with_integer_labels(logits, ex["targets"])
         w = ex["weights"]
         # "target logit is the max" reuses the max that the log-softmax computes (an argmax would be a second
@@ -87,8 +105,6 @@ class Objective:
         """One sentence, naming a command that works for this run, when it cannot do `ability`."""
         if ability in self.abilities:
             return
-        needs = {"sample": "a decoder run (objective.kind=clm)", "fill-mask": "an encoder run (objective.kind=mlm)"}
         can = [ABILITY_COMMANDS[a] for a in sorted(self.abilities)] or ["jaxformer eval"]
-        article = "an" if self.family[0] in "aeiou" else "a"
-        raise UserError(f"{where} holds {article} {self.family} run with objective.kind={self.kind}: {ability} needs "
-                        f"{needs.get(ability, 'another kind of run')}; use {' or '.join(can)} with this one.")
+        raise UserError(f"{where} holds {self.description}: {ability} needs "
+                        f"{ABILITY_NEEDS.get(ability, 'another kind of run')}; use {' or '.join(can)} with this one.")

@@ -1,6 +1,7 @@
 """Sequence classification (fine-tuning): one label per sequence from the classifier head on a pooled hidden
 state ([CLS], last real token or mean of the real tokens); causal or not as the pretrained backbone was.
-Batches are {"tokens": [B, T] right-padded with PAD, "labels": [B]}."""
+Batches are {"tokens": [B, T] right-padded with the vocabulary's fill id (`SpecialIds.fill`: PAD, or EOS where
+there is no PAD), "labels": [B]}."""
 
 from __future__ import annotations
 
@@ -15,14 +16,14 @@ from jaxformer.errors import UserError
 from jaxformer.objectives.base import Objective
 
 if TYPE_CHECKING:
-    from jaxformer.config import ObjectiveConfig
+    from jaxformer.config import Config, ObjectiveConfig
 
 
-def pool_weights(tokens_BxT: jax.Array, pooling: str) -> jax.Array:
+def pool_weights(tokens_BxT: jax.Array, pooling: str, pad_id: int = PAD) -> jax.Array:
     """[B, T] float32 weights, each row summing to 1, that pool hidden states over the sequence: `cls` picks
     position 0, `last` the last real (non-PAD) token, `mean` averages the real tokens (specials included).
-    Sequences are right-padded with PAD."""
-    real_BxT = tokens_BxT != PAD
+    Sequences are right-padded with `pad_id` (the vocabulary's fill id, see `SpecialIds.fill`)."""
+    real_BxT = tokens_BxT != pad_id
     if pooling == "mean":
         return real_BxT / jnp.maximum(real_BxT.sum(-1, keepdims=True), 1)
     t = tokens_BxT.shape[1]
@@ -41,6 +42,7 @@ def pool(hidden_BxTxD: jax.Array, weights_BxT: jax.Array) -> jax.Array:
 class SequenceClassification(Objective):
     kind = "classify"
     head = "classifier"
+    abilities = frozenset({"predict"})
     token_level = False
 
     @classmethod
@@ -48,7 +50,8 @@ class SequenceClassification(Objective):
         return o if o.pooling else replace(o, pooling="last" if o.causal else "cls")
 
     @classmethod
-    def validate_config(cls, o: ObjectiveConfig) -> None:
+    def validate_config(cls, cfg: Config) -> None:
+        o = cfg.objective
         if o.n_classes < 2:
             raise UserError(f"Bad value {o.n_classes} for objective.n_classes: a classifier needs at least 2 classes.")
         if o.pooling not in ("", "cls", "last", "mean"):
@@ -58,6 +61,10 @@ class SequenceClassification(Objective):
                             "the first token sees nothing else; use last or mean.")
 
     @property
+    def description(self) -> str:
+        return f"a fine-tuned classifier (objective.kind=classify, {self.family} backbone)"
+
+    @property
     def causal(self) -> bool:
         return self.cfg.causal
 
@@ -65,10 +72,10 @@ class SequenceClassification(Objective):
         """A label < 0 marks a padding row (weight 0), which keeps the last evaluation batch full-sized. Real
         tokens are segment 1 and PAD segment 0, so no real token attends to padding (the result does not depend
         on how much padding there is)."""
-        tokens, labels = batch["tokens"], batch["labels"]
-        return {"inputs": tokens, "segment_ids": (tokens != PAD).astype(jnp.int32),
+        tokens, labels, fill = batch["tokens"], batch["labels"], self.specials.fill
+        return {"inputs": tokens, "segment_ids": (tokens != fill).astype(jnp.int32),
                 "targets": jnp.maximum(labels, 0), "weights": (labels >= 0).astype(jnp.float32),
-                "pool_weights": pool_weights(tokens, self.cfg.pooling)}
+                "pool_weights": pool_weights(tokens, self.cfg.pooling, fill)}
 
     def scores(self, model, hidden_BxTxD, ex):
         return model.classify(pool(hidden_BxTxD, ex["pool_weights"]))  # [B, D] -> [B, C]

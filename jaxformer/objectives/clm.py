@@ -5,7 +5,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxformer.data.tokenizers import PAD
 from jaxformer.objectives.base import Objective
 
 
@@ -22,7 +21,8 @@ class CausalLM(Objective):
         """Windows `tokens` [B, T+1] (+ packing `segment_ids`, `positions`) -> inputs/targets [B, T]."""
         tokens = batch["tokens"]
         ex = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
-        weights = tokens[:, 1:] != PAD
+        pad = self.specials.pad  # None: the vocabulary has no padding token (GPT-2), every target counts
+        weights = tokens[:, 1:] != pad if pad is not None else jnp.ones(tokens[:, 1:].shape, bool)
         if "segment_ids" in batch:  # never predict across a document boundary
             seg = batch["segment_ids"]
             weights &= (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)

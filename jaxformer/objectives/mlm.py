@@ -5,12 +5,17 @@ hidden states alone go through the vocabulary head; bidirectional attention."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 
-from jaxformer.data.tokenizers import MASK, N_SPECIAL
+from jaxformer.data.tokenizers import SpecialIds
+from jaxformer.errors import UserError
 from jaxformer.objectives.base import Objective
+
+if TYPE_CHECKING:
+    from jaxformer.config import Config
 
 
 def n_mask_slots(mask_rate: float, seq_len: int) -> int:
@@ -18,10 +23,45 @@ def n_mask_slots(mask_rate: float, seq_len: int) -> int:
     return max(1, math.ceil(mask_rate * seq_len))
 
 
+def _leading(specials: SpecialIds) -> int:
+    """How many special ids form the block 0, 1, ..., n-1 (all 8 of jaxformer's fixed table)."""
+    n = 0
+    while n in specials.all:
+        n += 1
+    return n
+
+
+def is_ordinary(tokens: jax.Array, specials: SpecialIds) -> jax.Array:
+    """True where a token is ordinary text, not one of the vocabulary's special ids."""
+    n = _leading(specials)
+    ordinary = tokens >= n
+    for special_id in specials.all[n:]:  # a handful of scattered ids (an imported vocabulary's [CLS], [SEP], ...)
+        ordinary &= tokens != special_id
+    return ordinary
+
+
+def random_ordinary_ids(rng: jax.Array, shape: tuple[int, ...], vocab_size: int, specials: SpecialIds) -> jax.Array:
+    """Uniform over the ordinary ids of [0, vocab_size): a draw over the leading block's complement, then shifted
+    past each scattered special id in increasing order (with jaxformer's table: exactly randint(N_SPECIAL, V))."""
+    n = _leading(specials)
+    scattered = [i for i in specials.all[n:] if i < vocab_size]
+    ids = jax.random.randint(rng, shape, n, vocab_size - len(scattered))
+    for special_id in scattered:
+        ids = ids + (ids >= special_id)
+    return ids
+
+
 class MaskedLM(Objective):
     kind = "mlm"
     head = "mlm"
     abilities = frozenset({"fill-mask"})
+
+    @classmethod
+    def validate_config(cls, cfg: Config) -> None:
+        super().validate_config(cfg)
+        if SpecialIds.parse(cfg.data.special_ids).mask is None:
+            raise UserError("objective.kind=mlm needs a [MASK] token, and this run's tokenizer has none: use "
+                            "objective.kind=clm.")
 
     @property
     def causal(self) -> bool:
@@ -34,13 +74,14 @@ class MaskedLM(Objective):
         """Choose round(mask_rate * n_ordinary) ordinary tokens per row, corrupt them 80/10/10.
 
         Returns inputs [B, T], the chosen positions [B, M], their original ids [B, M] and weights [B, M]
-        (0 for unused slots). Special tokens (id < N_SPECIAL: pad, cls, sep, ...) are never chosen.
+        (0 for unused slots). Special tokens (`self.specials.all`: pad, cls, sep, ...) are never chosen, nor
+        drawn as random replacements.
         """
         o = self.cfg
         b, t = tokens_BxT.shape
         m = n_mask_slots(o.mask_rate, t)
         rng_pick, rng_action, rng_random = jax.random.split(rng, 3)
-        ordinary_BxT = tokens_BxT >= N_SPECIAL
+        ordinary_BxT = is_ordinary(tokens_BxT, self.specials)
         scores_BxT = jnp.where(ordinary_BxT, jax.random.uniform(rng_pick, (b, t)), -1.0)
         _, positions_BxM = jax.lax.top_k(scores_BxT, m)  # a uniformly random order of the ordinary tokens
         n_to_mask_B = jnp.round(o.mask_rate * ordinary_BxT.sum(-1)).astype(jnp.int32)
@@ -49,8 +90,8 @@ class MaskedLM(Objective):
         targets_BxM = jnp.take_along_axis(tokens_BxT, positions_BxM, 1)
 
         u_BxM = jax.random.uniform(rng_action, (b, m))
-        random_ids_BxM = jax.random.randint(rng_random, (b, m), N_SPECIAL, self.vocab_size)
-        replaced_BxM = jnp.where(u_BxM < o.mask_token_frac, MASK,
+        random_ids_BxM = random_ordinary_ids(rng_random, (b, m), self.vocab_size, self.specials)
+        replaced_BxM = jnp.where(u_BxM < o.mask_token_frac, self.specials.mask,
                                  jnp.where(u_BxM < o.mask_token_frac + o.random_token_frac,
                                            random_ids_BxM, targets_BxM))
         replaced_BxM = jnp.where(chosen_BxM, replaced_BxM, targets_BxM)
