@@ -19,9 +19,10 @@
 # tokens, bidirectional attention). Both go through the very same compiled `train_step`; only
 # `objective.kind` differs.
 #
-# Runs: when `$NOTEBOOK_RESULTS/compare` (default `../results/compare`) holds a finished decoder run and a finished
-# encoder run (run directories, e.g. from `make compare`), they are opened as they are; otherwise two small runs of
-# `NOTEBOOK_STEPS` steps (default 300) are trained into `$NOTEBOOK_OUT`.
+# Runs: when finished decoder and encoder runs exist — `make compare-decoder compare-encoder` (the named experiments,
+# into `../runs/compare-*`) or run directories under `$NOTEBOOK_RESULTS/compare` (default `../results/compare`) —
+# they are opened as they are; otherwise two small runs of `NOTEBOOK_STEPS` steps (default 300) are trained into
+# `$NOTEBOOK_OUT`.
 
 # %%
 import os
@@ -46,18 +47,22 @@ SHAKESPEARE = (data_root() / "tinyshakespeare/input.txt").exists()  # $JAXFORMER
 SOURCE = "text:@data/tinyshakespeare/input.txt" if SHAKESPEARE else "builtin"
 
 
-def finished_runs(folder: Path) -> dict[str, Path]:
-    """{"decoder": dir, "encoder": dir} for the run directories under `folder` that have a checkpoint."""
+def finished_runs(candidates: list[Path]) -> dict[str, Path]:
+    """{"decoder": dir, "encoder": dir} among the candidate run directories that have a checkpoint."""
     found = {}
-    for config_file in sorted(folder.glob("*/config.json")) if folder.is_dir() else []:
-        workdir = config_file.parent
+    for workdir in candidates:
+        if not (workdir / "config.json").exists():
+            continue
         if any((workdir / "checkpoints").glob("[0-9]*")):
             kind = rundir.read_config(workdir).objective.kind
             found.setdefault({"clm": "decoder", "mlm": "encoder"}.get(kind, kind), workdir)
     return found
 
 
-found = finished_runs(COMPARE)
+candidates = sorted(COMPARE.glob("*"))
+if "NOTEBOOK_RESULTS" not in os.environ:
+    candidates += [Path("../runs/compare-decoder"), Path("../runs/compare-encoder")]
+found = finished_runs(candidates)
 if {"decoder", "encoder"} <= found.keys():
     workdirs = {family: found[family] for family in ("decoder", "encoder")}
     print("opening the compare runs:", {k: str(v) for k, v in workdirs.items()})
