@@ -98,7 +98,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="continue prompt(s) with a decoder run")
     p.add_argument("--workdir", required=True)
     p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for a batch of prompts)")
-    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="tokens to generate (default: up to 200, as many as the model's context leaves)")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
@@ -254,7 +255,10 @@ def cmd_sample(args) -> int:
     run = _open_for(args.workdir, "sample")
     tokenizer, graphdef, params = run.tokenizer, run.state.graphdef, run.state.params
     prompts = [tokenizer.encode(p) for p in args.prompt]
-    outs = generate.generate(graphdef, params, prompts, max_new_tokens=args.max_new_tokens,
+    budget = args.max_new_tokens
+    if budget is None:  # what the context leaves after the longest prompt (a too-long prompt is refused below)
+        budget = max(1, min(200, run.cfg.model.max_seq_len - max(len(p) for p in prompts)))
+    outs = generate.generate(graphdef, params, prompts, max_new_tokens=budget,
                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                              eos_id=tokenizer.special_ids.eos)
     for prompt, new in zip(args.prompt, outs, strict=True):

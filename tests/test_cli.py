@@ -54,6 +54,10 @@ def test_decoder_train_resume_eval_sample(tmp_path, capsys):
     assert result["step"] == 20 and isinstance(result["loss"], float)
     assert main(["sample", "--workdir", work, "--prompt", "The ", "--max-new-tokens", "12", "--seed", "1"]) == 0
     assert capsys.readouterr().out.startswith("The ")
+    # no --max-new-tokens: as many as the 32-token context leaves after the prompt (not a refusal)
+    assert main(["sample", "--workdir", work, "--prompt", "The ", "--temperature", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("The ") and len(out.rstrip("\n")) <= 32
 
 
 @pytest.mark.slow
