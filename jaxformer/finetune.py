@@ -206,7 +206,7 @@ def finetune(workdir: str | Path, task: str, out: str | Path, overrides: list[st
                         train_x, splits.train_labels, batch_size=t.batch_size, seed=t.seed, step=step, **procs),
                         sharding),
                     tokens_at=lambda step: real_tokens_at(train_x, batch_size=t.batch_size, seed=t.seed,
-                                                          step=step),
+                                                          step=step, fill_id=tokenizer.special_ids.fill),
                     evaluate_state=evaluate_state, stop_when=lambda step, logged: keeper.exhausted)
         finally:
             keeper.close()

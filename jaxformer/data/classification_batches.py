@@ -109,10 +109,11 @@ def classification_batch_at(tokens: np.ndarray, labels: np.ndarray, *, batch_siz
     return {"tokens": tokens[chosen], "labels": labels[chosen].astype(np.int32)}
 
 
-def real_tokens_at(tokens: np.ndarray, *, batch_size: int, seed: int, step: int) -> int:
-    """The non-PAD tokens of the global training batch at (seed, step): what throughput counts."""
+def real_tokens_at(tokens: np.ndarray, *, batch_size: int, seed: int, step: int, fill_id: int = PAD) -> int:
+    """The non-padding tokens (not `fill_id`, the tokenizer's `special_ids.fill`) of the global training batch at
+    (seed, step): what throughput counts."""
     chosen = batch_rows(len(tokens), batch_size=batch_size, seed=seed, step=step)
-    return int(np.count_nonzero(tokens[chosen] != PAD))
+    return int(np.count_nonzero(tokens[chosen] != fill_id))
 
 
 def classification_eval_batches(tokens: np.ndarray, labels: np.ndarray, batch_size: int, *, process_index: int = 0,
