@@ -364,10 +364,10 @@ def write_result(result: dict, out: str | Path) -> None:
 
 
 def print_table(result: dict) -> None:
-    print(f"{'impl':<10} {'obj':<4} {'cfg':<3} {'tok/s':>9} {'best':>9} {'compile s':>9} {'RSS MB':>8} {'MFU':>7} "
+    print(f"{'impl':<15} {'obj':<4} {'cfg':<3} {'tok/s':>9} {'best':>9} {'compile s':>9} {'RSS MB':>8} {'MFU':>7} "
           f"{'roofline':>9} {'steps':>5}")
     for r in result["runs"]:
-        print(f"{r['impl']:<10} {r['objective']:<4} {r['config']:<3} {r['tokens_per_s_median']:>9.0f} "
+        print(f"{r['impl']:<15} {r['objective']:<4} {r['config']:<3} {r['tokens_per_s_median']:>9.0f} "
               f"{r['tokens_per_s_best']:>9.0f} {r['compile_s']:>9.2f} {r['peak_rss_mb']:>8.0f} {r['mfu']:>7.3f} "
               f"{r['roofline_gflops']:>9.1f} {r['steps_timed']:>5}")
     print(f"load average {result['loadavg_start']} -> {result['loadavg_end']}; wrote {result['out']}")
