@@ -50,6 +50,9 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype: float32 | bfloat16
     remat: bool = False  # recompute each block's activations in the backward pass
+    # Attention kernel: auto | xla | cudnn | pallas (jaxformer/model/attention_kernels.py). auto: cuDNN flash on
+    # GPUs in half precision, Pallas flash on TPUs, XLA otherwise. Same function, so runs may switch on resume.
+    attention_impl: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -304,7 +307,8 @@ def _check(ok: bool, message: str) -> None:
 
 def validate(cfg: Config, n_devices: int | None = None) -> None:
     from jaxformer.data.tokenizers import SpecialIds
-    from jaxformer.objectives import OBJECTIVES  # objectives import this module's types
+    from jaxformer.model import attention_kernels  # the model imports this module's types
+    from jaxformer.objectives import OBJECTIVES
 
     m, o, d, t, opt, mesh = cfg.model, cfg.objective, cfg.data, cfg.train, cfg.optimizer, cfg.mesh
     choices = {"model.mlp": (m.mlp, ("gelu", "swiglu", "geglu")),
@@ -312,11 +316,13 @@ def validate(cfg: Config, n_devices: int | None = None) -> None:
                "model.positions": (m.positions, ("learned", "sinusoidal", "rope")),
                "model.dtype": (m.dtype, ("float32", "bfloat16")),
                "model.param_dtype": (m.param_dtype, ("float32", "bfloat16")),
+               "model.attention_impl": (m.attention_impl, attention_kernels.IMPLS),
                "objective.kind": (o.kind, tuple(OBJECTIVES)),
                "data.tokenizer": (d.tokenizer, ("char", "byte", "bpe", "unigram", "word", "hf")),
                "train.on_nonfinite": (t.on_nonfinite, ("stop", "skip"))}
     for key, (value, allowed) in choices.items():
         _check(value in allowed, f"Bad value {value!r} for {key}: choose one of {', '.join(allowed)}.")
+    attention_kernels.check(m.attention_impl, window=m.window, segment_ids=d.packing)
     for key, value in [("model.n_layer", m.n_layer), ("model.d_model", m.d_model), ("model.n_heads", m.n_heads),
                        ("train.steps", t.steps), ("train.batch_size", t.batch_size), ("train.seq_len", t.seq_len),
                        ("train.grad_accum", t.grad_accum), ("train.log_every", t.log_every),

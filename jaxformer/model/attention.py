@@ -1,7 +1,7 @@
 """Multi-head attention with grouped KV heads, RoPE, sliding windows and an optional KV cache.
 
 `n_kv_heads` = `n_heads` is MHA, 1 is MQA, anything between is GQA; only the KV heads are projected and cached.
-The kernel is `jax.nn.dot_product_attention` (cuDNN flash attention on NVIDIA GPUs, XLA elsewhere).
+The kernel is chosen by `model.attention_impl` (jaxformer/model/attention_kernels.py: XLA, cuDNN or Pallas flash).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxformer.config import ModelConfig
+from jaxformer.model import attention_kernels
 from jaxformer.model.layers import Linear, residual_std
 from jaxformer.model.positions import apply_rope
 
@@ -53,6 +54,7 @@ class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, window: int, rngs: nnx.Rngs):
         d, n, k, h = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.window, self.positions, self.rope_theta = window, cfg.positions, cfg.rope_theta
+        self.impl, self.dtype = cfg.attention_impl, cfg.dtype
         # Inspection (jaxformer/model/inspect.py) sets this on a model copy to sow the attention weights; False,
         # the call below traces exactly as without it.
         self.record_probs = False
@@ -78,16 +80,17 @@ class Attention(nnx.Module):
             self.sow(nnx.Intermediate, "probs", attention_probs(q_BxTxNxH, k_BxTxGxH, mask))
         if cache is not None:
             out, cache = self._attend_cached(q_BxTxNxH, k_BxTxGxH, v_BxTxGxH, positions_BxT, causal, cache)
-        elif segment_ids_BxT is None:
-            # Fast path: no explicit mask, so the cuDNN kernel can apply causal + window itself.
-            left = self.window - 1 if self.window else None
-            local = None if left is None else (left, 0 if causal else left)
-            out = jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxGxH, v_BxTxGxH, is_causal=causal,
-                                               local_window_size=local)
         else:
-            mask = attention_mask(positions_BxT, positions_BxT, causal=causal, window=self.window,
-                                  q_seg_BxT=segment_ids_BxT, k_seg_BxS=segment_ids_BxT)
-            out = jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxGxH, v_BxTxGxH, mask=mask)
+            impl = attention_kernels.resolve(self.impl, self.dtype, window=self.window,
+                                             segment_ids=segment_ids_BxT is not None)
+            # Without documents to keep apart no mask is built, so a fused kernel applies causal + window itself;
+            # XLA gets packed documents as a mask (cuDNN cannot take segment ids here, Pallas takes them as is).
+            mask = None
+            if segment_ids_BxT is not None and impl == "xla":
+                mask = attention_mask(positions_BxT, positions_BxT, causal=causal, window=self.window,
+                                      q_seg_BxT=segment_ids_BxT, k_seg_BxS=segment_ids_BxT)
+            out = attention_kernels.attend(q_BxTxNxH, k_BxTxGxH, v_BxTxGxH, impl=impl, causal=causal,
+                                           window=self.window, segment_ids_BxT=segment_ids_BxT, mask=mask)
         return self.o(out), cache
 
     def _attend_cached(self, q, k, v, positions_BxT, causal, cache):
@@ -103,5 +106,6 @@ class Attention(nnx.Module):
                  "v": cache["v"].at[rows, slot_BxT].set(v.astype(cache["v"].dtype), mode="drop"),
                  "pos": cache["pos"].at[rows, slot_BxT].set(positions_BxT, mode="drop")}
         mask = attention_mask(positions_BxT, cache["pos"], causal=causal, window=self.window)
-        out = jax.nn.dot_product_attention(q, cache["k"].astype(q.dtype), cache["v"].astype(q.dtype), mask=mask)
+        out = attention_kernels.attend(q, cache["k"].astype(q.dtype), cache["v"].astype(q.dtype), impl="xla",
+                                       causal=causal, mask=mask)
         return out, cache

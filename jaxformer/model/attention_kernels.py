@@ -1,0 +1,92 @@
+"""Which kernel computes softmax(QK^T)V in training: `model.attention_impl`.
+
+- `xla`: `jax.nn.dot_product_attention(implementation="xla")`, every backend; the reference the others are
+  tested against (tests/test_attention_kernels.py).
+- `cudnn`: the same call with `implementation="cudnn"`: cuDNN's fused flash attention (NVIDIA GPUs, bf16/fp16).
+- `pallas`: a Pallas flash-attention kernel from jax's own Pallas ops: the Triton kernel on GPUs, the Mosaic
+  kernel on TPUs, and the GPU kernel in interpret mode on CPU (slow; there for numerics tests only).
+- `auto` (default): `cudnn` on a GPU when the compute dtype is half precision (cuDNN's flash path needs it),
+  `pallas` on a TPU, `xla` otherwise. `jax.nn.dot_product_attention`'s own default (`implementation=None`)
+  picks XLA in this JAX version, so without this setting nothing would run a flash kernel.
+
+The fused kernels take no explicit mask: causal, sliding window (cuDNN only) and document boundaries (segment
+ids; not cuDNN in this JAX) are arguments. Decoding with a KV cache always uses `xla` (one query row per step
+gains nothing from a flash kernel, and the cache needs a position mask).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jaxformer.errors import UserError
+
+IMPLS = ("auto", "xla", "cudnn", "pallas")
+
+
+def resolve(impl: str, dtype: str, *, window: int = 0, segment_ids: bool = False, backend: str | None = None) -> str:
+    """`auto` -> the fastest kernel that can run this call here; other values unchanged."""
+    if impl != "auto":
+        return impl
+    backend = backend or jax.default_backend()
+    if backend == "gpu" and dtype in ("bfloat16", "float16") and not segment_ids:
+        return "cudnn"
+    return "pallas" if backend == "tpu" and not window else "xla"
+
+
+def check(impl: str, *, window: int, segment_ids: bool) -> None:
+    """One sentence when `impl` cannot express the masking a run asks for (config validation)."""
+    if impl == "cudnn" and segment_ids:
+        raise UserError("model.attention_impl=cudnn cannot keep packed documents apart in this JAX version "
+                        "(data.packing=true); use auto, xla or pallas.")
+    if impl == "pallas" and window:
+        raise UserError("model.attention_impl=pallas has no sliding window (model.window); use auto, xla or cudnn.")
+
+
+def attend(q_BxTxNxH: jax.Array, k_BxSxGxH: jax.Array, v_BxSxGxH: jax.Array, *, impl: str, causal: bool,
+           window: int = 0, segment_ids_BxT: jax.Array | None = None, mask=None) -> jax.Array:
+    """Attention output [B, T, N, H] by the kernel `impl` (already resolved). `mask` (a full [B, 1, T, S]
+    boolean mask) is only for `xla`, which the cached decode path and packed cuDNN-less runs use."""
+    if impl == "cudnn" and jax.default_backend() != "gpu":  # at trace time: `jaxformer params` may name it anywhere
+        raise UserError(f"model.attention_impl=cudnn needs an NVIDIA GPU (this backend is "
+                        f"{jax.default_backend()}); use auto or xla.")
+    if impl == "pallas":
+        return _pallas(q_BxTxNxH, k_BxSxGxH, v_BxSxGxH, causal=causal, segment_ids_BxT=segment_ids_BxT)
+    if mask is not None:
+        return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxGxH, v_BxSxGxH, mask=mask, implementation=impl)
+    left = window - 1 if window else None
+    local = None if left is None else (left, 0 if causal else left)
+    return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxGxH, v_BxSxGxH, is_causal=causal, local_window_size=local,
+                                        implementation=impl)
+
+
+def _block(t: int) -> int:
+    """The largest power-of-two block (16..128) dividing the sequence length, as the kernels need."""
+    for block in (128, 64, 32, 16):
+        if t % block == 0:
+            return block
+    raise UserError(f"model.attention_impl=pallas needs train.seq_len divisible by 16, got {t}; use xla.")
+
+
+def _pallas(q, k, v, *, causal, segment_ids_BxT):
+    n, g, h, t = q.shape[2], k.shape[2], q.shape[3], q.shape[1]
+    if g != n:  # the kernels take one K/V head per query head: GQA/MQA heads are repeated, as XLA's kernel does
+        k, v = jnp.repeat(k, n // g, axis=2), jnp.repeat(v, n // g, axis=2)
+    scale = h**-0.5
+    block = _block(t)
+    if jax.default_backend() == "tpu":
+        from jax.experimental.pallas.ops.tpu import flash_attention as tpu
+
+        segments = None if segment_ids_BxT is None else tpu.SegmentIds(segment_ids_BxT, segment_ids_BxT)
+        out = tpu.flash_attention(*(z.swapaxes(1, 2) for z in (q, k, v)), segment_ids=segments, causal=causal,
+                                  sm_scale=scale)
+        return out.swapaxes(1, 2)
+    from jax.experimental.pallas.ops.gpu import attention as gpu
+
+    sizes = gpu.BlockSizes(block_q=block, block_k=block, block_q_dkv=min(block, 32), block_kv_dkv=min(block, 32),
+                           block_q_dq=min(block, 32), block_kv_dq=min(block, 32))
+    kernel = functools.partial(gpu.mha, sm_scale=scale, causal=causal, block_sizes=sizes,
+                               interpret=jax.default_backend() == "cpu")
+    return kernel(q, k, v, segment_ids_BxT)

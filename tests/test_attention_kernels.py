@@ -1,0 +1,105 @@
+"""`model.attention_impl`: every kernel that can run on this CPU agrees with the XLA reference (values and
+gradients), `auto` picks by backend, and impossible combinations are one sentence."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxformer import objectives, train
+from jaxformer.config import validate
+from jaxformer.errors import UserError
+from jaxformer.model import attention_kernels, build_model
+from jaxformer.model.attention import attention_mask
+from tests.tiny import tiny_config
+
+
+def _qkv(n_kv: int, t: int = 32):
+    kq, kk, kv = jax.random.split(jax.random.key(0), 3)
+    return (jax.random.normal(kq, (2, t, 4, 16)), jax.random.normal(kk, (2, t, n_kv, 16)),
+            jax.random.normal(kv, (2, t, n_kv, 16)))
+
+
+def _naive(q, k, v, *, causal, segment_ids=None):
+    """softmax(QK^T / sqrt(H)) V written out in numpy, query head i reading KV head i // (N / G)."""
+    q, k, v = (np.asarray(z, np.float64) for z in (q, k, v))
+    n, g, t = q.shape[2], k.shape[2], q.shape[1]
+    k, v = np.repeat(k, n // g, axis=2), np.repeat(v, n // g, axis=2)
+    scores = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(q.shape[-1])
+    allowed = np.ones((q.shape[0], 1, t, t), bool)
+    if causal:
+        allowed &= np.tril(np.ones((t, t), bool))
+    if segment_ids is not None:
+        seg = np.asarray(segment_ids)
+        allowed &= seg[:, None, :, None] == seg[:, None, None, :]
+    scores = np.where(allowed, scores, -np.inf)
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    return np.einsum("bnts,bsnh->btnh", p / p.sum(-1, keepdims=True), v)
+
+
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+@pytest.mark.parametrize("causal,n_kv,packed", [(True, 4, False), (False, 2, False), (True, 1, True)])
+def test_kernel_matches_the_naive_attention(impl, causal, n_kv, packed):
+    q, k, v = _qkv(n_kv)
+    segments = jnp.asarray(np.repeat([[0] * 20 + [1] * 12], 2, axis=0)) if packed else None
+    mask = None
+    if packed and impl == "xla":  # XLA takes documents as a mask (the model builds it with attention_mask)
+        positions = jnp.broadcast_to(jnp.arange(32), (2, 32))
+        mask = attention_mask(positions, positions, causal=causal, window=0, q_seg_BxT=segments,
+                              k_seg_BxS=segments)
+    out = attention_kernels.attend(q, k, v, impl=impl, causal=causal, segment_ids_BxT=segments, mask=mask)
+    np.testing.assert_allclose(np.asarray(out), _naive(q, k, v, causal=causal, segment_ids=segments),
+                               atol=2e-5, rtol=2e-5)
+
+
+def test_pallas_gradients_match_xla():
+    q, k, v = _qkv(2)
+
+    def loss(impl):
+        return jax.grad(lambda *a: jnp.sum(jnp.sin(attention_kernels.attend(*a, impl=impl, causal=True))),
+                        argnums=(0, 1, 2))(q, k, v)
+
+    for got, want in zip(loss("pallas"), loss("xla"), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("kind", ["clm", "mlm"])
+def test_train_step_loss_is_the_same_with_pallas(kind):
+    """The whole model: same parameters, same batch, the step's loss and gradient norm agree across kernels."""
+    batch = {"tokens": jax.random.randint(jax.random.key(1), (8, 17), 8, 64)}
+    metrics = {}
+    for impl in ("xla", "pallas"):
+        cfg = tiny_config(kind, model=dict(attention_impl=impl))
+        tx = train.make_optimizer(cfg)
+        graphdef, params = nnx.split(build_model(cfg, 0), nnx.Param)
+        state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                                 graphdef=graphdef, tx=tx, cfg=cfg)
+        _, metrics[impl] = jax.jit(train.train_step)(state, batch, jax.random.key(2))
+        assert objectives.for_config(cfg).kind == kind
+    for name in ("loss", "grad_norm"):
+        assert float(metrics["pallas"][name]) == pytest.approx(float(metrics["xla"][name]), rel=1e-5)
+
+
+def test_auto_picks_by_backend_and_masking():
+    resolve = attention_kernels.resolve
+    assert resolve("auto", "float32", backend="cpu") == "xla"
+    assert resolve("auto", "bfloat16", backend="gpu") == "cudnn"
+    assert resolve("auto", "float32", backend="gpu") == "xla"  # cuDNN's flash path is half precision only
+    assert resolve("auto", "bfloat16", backend="gpu", segment_ids=True) == "xla"
+    assert resolve("auto", "bfloat16", backend="tpu") == "pallas"
+    assert resolve("auto", "bfloat16", backend="tpu", window=64) == "xla"
+    assert resolve("pallas", "float32", backend="cpu") == "pallas"
+
+
+def test_impossible_choices_are_one_sentence():
+    with pytest.raises(UserError, match="sliding window"):
+        validate(tiny_config("clm", model=dict(attention_impl="pallas", window=4), resolved=False))
+    with pytest.raises(UserError, match="packed documents"):
+        validate(tiny_config("clm", model=dict(attention_impl="cudnn"), data=dict(packing=True), resolved=False))
+    with pytest.raises(UserError, match="model.attention_impl"):
+        validate(tiny_config("clm", model=dict(attention_impl="flash"), resolved=False))
+    if jax.default_backend() != "gpu":
+        q, k, v = _qkv(4)
+        with pytest.raises(UserError, match="needs an NVIDIA GPU"):
+            attention_kernels.attend(q, k, v, impl="cudnn", causal=True)
