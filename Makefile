@@ -19,7 +19,7 @@ EXPERIMENTS := $(subst _,-,$(basename $(notdir $(shell grep -l '^PRESET = ' $(RE
 ABLATIONS := positions norms attention mlp moe mask-rate objective
 ABLATE_TARGETS := $(addprefix ablate-,$(ABLATIONS))
 
-.PHONY: help install install-test test test-fast lint train train-encoder shakespeare import-hf params bench clean \
+.PHONY: help install install-test test test-fast lint train train-encoder shakespeare import-hf params bench bench-gpu clean \
 	ablate-all $(ABLATE_TARGETS) notebooks experiments $(EXPERIMENTS)
 
 # Every target with a `## what it does` comment, then one line per ablation grid (a static pattern rule).
@@ -66,6 +66,9 @@ bench:  ## benchmarks, writing JSON under bench/
 	$(PY) benchmarks/bench_input.py --out bench/input.json
 	$(PY) benchmarks/bench_decode.py --out bench/decode.json
 	$(PY) benchmarks/bench_train.py --out bench/results.json
+
+bench-gpu:  ## GPT-2 small in bf16 on the accelerator it finds: tokens/s and MFU against its published peak
+	$(PY) benchmarks/bench_gpu.py --out bench/gpu.json
 
 import-hf:  ## import a local Hugging Face GPT-2/BERT folder (HF=path/to/folder) as the run runs/imported
 	jaxformer import-hf $(HF) --workdir $(WORKDIR)/imported

@@ -96,7 +96,7 @@ def run(args) -> dict:
             "d_model": cfg.model.d_model, "vocab_size": cfg.model.vocab_size, "dtype": cfg.model.dtype,
             "param_dtype": cfg.model.param_dtype, "attention_impl": cfg.model.attention_impl,
             "compile_s": round(compile_s, 2), **stats, "flops_per_token": flops,
-            "peak_tflops": round(peak, 2), "peak_source": peak_source,
+            "peak_tflops": float(f"{peak:.4g}"), "peak_source": peak_source,
             "mfu": flops * stats["tokens_per_s_median"] / (peak * 1e12),
             "temp_memory_mb": round(getattr(memory, "temp_size_in_bytes", 0) / 2**20, 1) if memory else None,
             "loss_last": float(last["m"]["loss"])}
