@@ -48,11 +48,16 @@ class ModelConfig:
     moe_every: int = 1  # MoE in every k-th layer (layer k-1, 2k-1, ...), dense MLP elsewhere
     init_std: float = 0.02
     param_dtype: str = "float32"
-    dtype: str = "float32"  # compute dtype: float32 | bfloat16
+    # compute dtype: float32 | bfloat16 | auto (resolved when a run is made: bfloat16 on GPUs and TPUs, with fp32
+    # master weights by param_dtype; float32 on CPUs, where XLA's bf16 matmuls are slower than its fp32 ones)
+    dtype: str = "auto"
     remat: bool = False  # recompute each block's activations in the backward pass
     # Attention kernel: auto | xla | cudnn | pallas (jaxformer/model/attention_kernels.py). auto: cuDNN flash on
     # GPUs in half precision, Pallas flash on TPUs, XLA otherwise. Same function, so runs may switch on resume.
     attention_impl: str = "auto"
+    # Vocabulary head + cross-entropy over this many predicted slots at a time (0: all at once); the full fp32
+    # logits are never materialised (jaxformer/objectives/xent.py). Same loss, so runs may switch on resume.
+    xent_chunk: int = 0
 
 
 @dataclass(frozen=True)
@@ -281,6 +286,10 @@ def resolve(cfg: Config, *, vocab_size: int | None = None, n_devices: int | None
     m = cfg.model
     if vocab_size is not None and m.vocab_size == 0:
         m = replace(m, vocab_size=vocab_size)
+    if m.dtype == "auto":
+        import jax
+
+        m = replace(m, dtype="bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32")
     m = replace(m,
                 n_kv_heads=m.n_kv_heads or m.n_heads,
                 head_dim=m.head_dim or (m.d_model // m.n_heads if m.n_heads and m.d_model % m.n_heads == 0 else 0),
@@ -314,7 +323,7 @@ def validate(cfg: Config, n_devices: int | None = None) -> None:
     choices = {"model.mlp": (m.mlp, ("gelu", "swiglu", "geglu")),
                "model.norm": (m.norm, ("layernorm", "rmsnorm")),
                "model.positions": (m.positions, ("learned", "sinusoidal", "rope")),
-               "model.dtype": (m.dtype, ("float32", "bfloat16")),
+               "model.dtype": (m.dtype, ("auto", "float32", "bfloat16")),
                "model.param_dtype": (m.param_dtype, ("float32", "bfloat16")),
                "model.attention_impl": (m.attention_impl, attention_kernels.IMPLS),
                "objective.kind": (o.kind, tuple(OBJECTIVES)),
@@ -329,6 +338,7 @@ def validate(cfg: Config, n_devices: int | None = None) -> None:
                        ("train.checkpoint_every", t.checkpoint_every), ("train.eval_batches", t.eval_batches)]:
         _check(value > 0, f"Bad value {value} for {key}: it must be positive.")
     for key, value in [("model.vocab_size", m.vocab_size), ("model.head_dim", m.head_dim),
+                       ("model.xent_chunk", m.xent_chunk),
                        ("model.max_seq_len", m.max_seq_len), ("model.init_std", m.init_std),
                        ("model.moe_aux_weight", m.moe_aux_weight), ("train.seed", t.seed),
                        ("train.eval_every", t.eval_every), ("optimizer.weight_decay", opt.weight_decay),

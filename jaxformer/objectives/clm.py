@@ -29,5 +29,5 @@ class CausalLM(Objective):
         ex["weights"] = weights.astype(jnp.float32)
         return self.with_packing(ex, batch)
 
-    def scores(self, model, hidden_BxTxD, ex):
-        return model.logits(hidden_BxTxD)
+    def slot_hidden(self, hidden_BxTxD, ex):
+        return hidden_BxTxD  # every position predicts the next token

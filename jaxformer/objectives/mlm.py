@@ -99,7 +99,6 @@ class MaskedLM(Objective):
         return {"inputs": inputs_BxT, "mask_positions": positions_BxM, "targets": targets_BxM,
                 "weights": chosen_BxM.astype(jnp.float32)}
 
-    def scores(self, model, hidden_BxTxD, ex):
-        # Project only the masked positions: [B, M, D] -> [B, M, V].
-        h_BxMxD = jnp.take_along_axis(hidden_BxTxD, ex["mask_positions"][..., None], axis=1)
-        return model.mlm_logits(h_BxMxD)
+    def slot_hidden(self, hidden_BxTxD, ex):
+        # Only the masked positions reach the head: [B, T, D] -> [B, M, D].
+        return jnp.take_along_axis(hidden_BxTxD, ex["mask_positions"][..., None], axis=1)

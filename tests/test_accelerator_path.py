@@ -1,5 +1,6 @@
-"""`model.attention_impl`: every kernel that can run on this CPU agrees with the XLA reference (values and
-gradients), `auto` picks by backend, and impossible combinations are one sentence."""
+"""The accelerator path on a CPU: every attention kernel that can run here (`model.attention_impl`; Pallas in
+interpret mode) agrees with a naive attention and with XLA (values and gradients), `auto` picks by backend,
+impossible combinations are one sentence, and `model.dtype=auto` is bf16 only where bf16 is fast."""
 
 import jax
 import jax.numpy as jnp
@@ -103,3 +104,60 @@ def test_impossible_choices_are_one_sentence():
         q, k, v = _qkv(4)
         with pytest.raises(UserError, match="needs an NVIDIA GPU"):
             attention_kernels.attend(q, k, v, impl="cudnn", causal=True)
+
+
+def test_dtype_auto_is_float32_on_cpu_and_explicit_values_stay():
+    from jaxformer.config import get_preset, resolve
+
+    assert get_preset("gpt2-small").model.dtype == "auto"
+    resolved = resolve(get_preset("decoder-tiny"), vocab_size=64, n_devices=1)
+    assert resolved.model.dtype == ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+    assert resolved.model.param_dtype == "float32"  # master weights stay fp32 either way
+    explicit = tiny_config("clm", model=dict(dtype="bfloat16"))
+    assert explicit.model.dtype == "bfloat16"
+
+
+def _step_metrics_and_grads(cfg, batch):
+    graphdef, params = nnx.split(build_model(cfg, 0), nnx.Param)
+    objective = objectives.for_config(cfg)
+
+    def loss(params):
+        ex = objective.prepare(batch, jax.random.key(3))
+        loss_sum, stats = objective.loss_sums(nnx.merge(graphdef, params), ex, rng=None)
+        return loss_sum, stats
+
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+
+
+@pytest.mark.parametrize("kind", ["clm", "mlm"])
+def test_chunked_cross_entropy_equals_the_whole_one(kind):
+    """model.xent_chunk: same loss sum, accuracy count and gradients, with a chunk that leaves a ragged tail."""
+    batch = {"tokens": jax.random.randint(jax.random.key(1), (8, 17), 8, 64)}
+    (whole, stats_whole), grads_whole = _step_metrics_and_grads(tiny_config(kind), batch)
+    (chunked, stats), grads = _step_metrics_and_grads(tiny_config(kind, model=dict(xent_chunk=5)), batch)
+    assert float(chunked) == pytest.approx(float(whole), rel=1e-5)
+    assert float(stats["correct"]) == float(stats_whole["correct"])
+    assert float(stats["n_tokens"]) == float(stats_whole["n_tokens"])
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_whole), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6, rtol=1e-4)
+
+
+def test_chunked_cross_entropy_never_holds_all_logits():
+    """XLA's own memory analysis of the compiled gradient: with a big vocabulary the chunked head needs far less
+    scratch memory than the [B*T, V] fp32 logits (8 x 64 x 16384 x 4 B = 32 MiB, and their gradient)."""
+    batch = {"tokens": jax.random.randint(jax.random.key(1), (8, 65), 8, 16384)}
+    temp = {}
+    for chunk in (0, 64):
+        cfg = tiny_config("clm", train=dict(seq_len=64), model=dict(xent_chunk=chunk), vocab_size=16384)
+        graphdef, params = nnx.split(build_model(cfg, 0), nnx.Param)
+        objective = objectives.for_config(cfg)
+
+        def loss(params, cfg=cfg, graphdef=graphdef, objective=objective):
+            ex = objective.prepare(batch, jax.random.key(3))
+            return objective.loss_sums(nnx.merge(graphdef, params), ex, rng=None)[0]
+
+        compiled = jax.jit(jax.grad(loss)).lower(params).compile()
+        temp[chunk] = compiled.memory_analysis().temp_size_in_bytes
+    logits_bytes = 8 * 64 * 16384 * 4
+    assert temp[0] >= logits_bytes
+    assert temp[64] < logits_bytes / 2
