@@ -77,14 +77,16 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-tokens", type=int, default=200, help="decoder runs: tokens to sample at the end")
 
     p = sub.add_parser("eval", help="evaluate a run's latest checkpoint (a fine-tuned classifier: its best one, "
-                                    "scored by accuracy, macro-F1 and per-class accuracy); prints one JSON object")
+                                    "scored by accuracy, macro-F1 and per-class accuracy; a tagger: entity-level "
+                                    "precision/recall/F1); prints one JSON object")
     p.add_argument("--workdir", required=True)
     p.add_argument("--split", default="valid", choices=["train", "valid"])
     p.add_argument("--data", default=None,
                    help="held-out text (text:<file>, any data source) to score EVERY token of, once, with sliding "
                         "windows (decoders): loss and perplexity per token, bits per byte, perplexity per word; "
                         "without it: sampled windows of the run's --split; for a classifier, a labelled "
-                        ".tsv/.jsonl file (e.g. the test set)")
+                        ".tsv/.jsonl file (e.g. the test set); for a tagger, a CoNLL file or a task name (its test "
+                        "split, e.g. wnut17)")
     p.add_argument("--stride", type=int, default=None,
                    help="with --data: window step (default train.seq_len // 2); every token gets at least "
                         "seq_len - stride + 1 tokens of context")
