@@ -45,7 +45,7 @@ def finetune_one(backbone: Path, out: Path, seed: int, steps: int, show_progress
 
     result = finetune.finetune(backbone, "wnut17", out, [
         f"train.seed={seed}", f"train.steps={steps}", "train.batch_size=32", f"train.eval_every={max(steps // 3, 1)}",
-        f"train.checkpoint_every={steps}", "train.log_every=50", "optimizer.lr=1e-3", "optimizer.warmup_steps=30"],
+        f"train.checkpoint_every={steps}", "train.log_every=50", "optimizer.lr=2e-3", "optimizer.warmup_steps=30"],
         test="wnut17", show_progress=show_progress)
     result.pop("run")
     return result
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/ner"))
     parser.add_argument("--pretrain-steps", type=int, default=300)
-    parser.add_argument("--steps", type=int, default=150, help="fine-tuning steps per seed (batch 32)")
+    parser.add_argument("--steps", type=int, default=300, help="fine-tuning steps per seed (batch 32)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--backbones", nargs="+", default=["encoder", "decoder"], choices=list(BACKBONES),
                         help="random-init: an encoder at its initial weights (what pretraining adds)")
