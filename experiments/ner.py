@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -51,6 +52,18 @@ def finetune_one(backbone: Path, out: Path, seed: int, steps: int, show_progress
     return result
 
 
+def prior_loss() -> float:
+    """Test cross-entropy per word of the training tags' frequencies (a tagger that ignores the words)."""
+    from collections import Counter
+
+    from jaxformer.data.conll import read_tag_task
+
+    counts = Counter(t for s in read_tag_task("wnut17", "train") for t in s.tags)
+    total = sum(counts.values())
+    test = [t for s in read_tag_task("wnut17", "test") for t in s.tags]
+    return -statistics.fmean(math.log(counts[t] / total) for t in test)
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -76,10 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         mine = [r for r in runs if r["backbone"] == name]
         summary[name] = {f"{split}_{metric}": mean_std([r[f"dev_{metric}"] if split == "dev" else r["test"][metric]
                                                        for r in mine])
-                         for split in ("dev", "test") for metric in ("f1", "precision", "recall")}
+                         for split in ("dev", "test") for metric in ("f1", "precision", "recall", "loss")}
     truncated = runs[0]["test"]["truncated_words"], runs[0]["test"]["n_words"]
     record = {"task": "wnut17", "pretrain_steps": args.pretrain_steps, "finetune_steps": args.steps,
-              "seeds": args.seeds, "shape": SHAPE, "majority_baseline_f1": 0.0,
+              "seeds": args.seeds, "shape": SHAPE, "majority_baseline_f1": 0.0, "tag_prior_test_loss": prior_loss(),
               "test_truncated_words": truncated[0], "test_words": truncated[1],
               "summary": {k: {m: {"mean": v[0], "std": v[1]} for m, v in s.items()} for k, s in summary.items()},
               "runs": runs}
@@ -91,12 +104,12 @@ def main(argv: list[str] | None = None) -> int:
 
     table = Table(title=f"WNUT-17 entity F1, mean ± std over seeds {args.seeds} ({args.pretrain_steps} pretraining "
                         f"+ {args.steps} fine-tuning steps)")
-    for column in ("backbone", "dev F1", "test P", "test R", "test F1"):
+    for column in ("backbone", "dev F1", "test P", "test R", "test F1", "test loss per word"):
         table.add_column(column, justify="right")
     for name, s in summary.items():
         table.add_row(name, *[f"{s[k][0]:.4f} ± {s[k][1]:.4f}" for k in ("dev_f1", "test_precision",
-                                                                           "test_recall", "test_f1")])
-    table.add_row("all O (majority)", "0", "0", "0", "0")
+                                                                           "test_recall", "test_f1", "test_loss")])
+    table.add_row("all O / tag prior", "0", "0", "0", "0", f"{record['tag_prior_test_loss']:.4f}")
     Console().print(table)
     print(f"test words cut by train.seq_len (scored as O): {truncated[0]} of {truncated[1]}; "
           f"results in {args.out / 'results.json'}")
