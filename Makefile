@@ -20,6 +20,7 @@ ABLATIONS := positions norms attention mlp moe mask-rate objective
 ABLATE_TARGETS := $(addprefix ablate-,$(ABLATIONS))
 
 .PHONY: help install install-test test test-fast lint train train-encoder shakespeare import-hf params bench bench-gpu clean \
+	ner \
 	ablate-all $(ABLATE_TARGETS) notebooks experiments $(EXPERIMENTS)
 
 # Every target with a `## what it does` comment, then one line per ablation grid (a static pattern rule).
@@ -61,6 +62,9 @@ experiments:  ## list the named experiments (`make <name>` trains one; each file
 
 $(EXPERIMENTS):
 	jaxformer train --experiment $@ --workdir $(WORKDIR)/$@
+
+ner:  ## WNUT-17 NER: encoder vs decoder (and a random-init backbone) x 3 seeds; table + $(WORKDIR)/ner/results.json
+	$(PY) -m experiments.ner --out $(WORKDIR)/ner
 
 bench:  ## benchmarks, writing JSON under bench/
 	$(PY) benchmarks/bench_input.py --out bench/input.json

@@ -77,14 +77,16 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-tokens", type=int, default=200, help="decoder runs: tokens to sample at the end")
 
     p = sub.add_parser("eval", help="evaluate a run's latest checkpoint (a fine-tuned classifier: its best one, "
-                                    "scored by accuracy, macro-F1 and per-class accuracy); prints one JSON object")
+                                    "scored by accuracy, macro-F1 and per-class accuracy; a tagger: entity-level "
+                                    "precision/recall/F1); prints one JSON object")
     p.add_argument("--workdir", required=True)
     p.add_argument("--split", default="valid", choices=["train", "valid"])
     p.add_argument("--data", default=None,
                    help="held-out text (text:<file>, any data source) to score EVERY token of, once, with sliding "
                         "windows (decoders): loss and perplexity per token, bits per byte, perplexity per word; "
                         "without it: sampled windows of the run's --split; for a classifier, a labelled "
-                        ".tsv/.jsonl file (e.g. the test set)")
+                        ".tsv/.jsonl file (e.g. the test set); for a tagger, a CoNLL file or a task name (its test "
+                        "split, e.g. wnut17)")
     p.add_argument("--stride", type=int, default=None,
                    help="with --data: window step (default train.seq_len // 2); every token gets at least "
                         "seq_len - stride + 1 tokens of context")
@@ -113,7 +115,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="fine-tune a pretrained run (encoder or decoder) for sequence "
                                         "classification into a new run directory --out")
     p.add_argument("--workdir", required=True, help="the pretrained run (its config, tokenizer, newest checkpoint)")
-    p.add_argument("--task", required=True, help="sst2, rt-polarity, or a .tsv/.jsonl file of text and label")
+    p.add_argument("--task", required=True, help="sst2, rt-polarity, or a .tsv/.jsonl file of text and label; "
+                                                  "wnut17 or a .conll file (token<TAB>tag) fine-tunes a BIO tagger")
     p.add_argument("--set", dest="overrides", action="append", default=[], nargs="+", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set objective.pooling=mean objective.linear_probe=true "
                         "train.steps=300 (repeatable)")
@@ -122,12 +125,14 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="labelled .tsv/.jsonl to validate on and select the best checkpoint by (default: the task's "
                         "dev split, or 10%% held out of a task file)")
     p.add_argument("--test", default="", metavar="FILE",
-                   help="labelled .tsv/.jsonl scored once at the end with the selected model")
+                   help="labelled .tsv/.jsonl scored once at the end with the selected model (a tagger: a .conll "
+                        "file, or the task's name for its test split, e.g. --test wnut17)")
     _add_column_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("predict", help="classify each line of FILE with a fine-tuned run; one JSON line per input "
-                                       "line: the label and every class's probability")
+                                       "line: the label and every class's probability (a tagger: the line's "
+                                       "words and their tags)")
     p.add_argument("--workdir", required=True, help="a fine-tuned run (jaxformer finetune --out)")
     p.add_argument("file", help="text to classify: one example per line, or a .tsv/.jsonl with a text column; "
                                 "- reads standard input")
@@ -181,7 +186,10 @@ def cmd_eval(args) -> int:
     from jaxformer.data.pipeline import load_corpus
     from jaxformer.run import open_run
 
-    if not objectives.for_config(rundir.read_config(args.workdir)).token_level:
+    kind = rundir.read_config(args.workdir).objective.kind
+    if kind == "tag":
+        return _eval_tagger(args)
+    if not objectives.OBJECTIVES[kind].token_level:
         return _eval_classifier(args)
     run = open_run(args.workdir)
     if args.data:
@@ -219,9 +227,30 @@ def _eval_classifier(args) -> int:
     return 0
 
 
+def _eval_tagger(args) -> int:
+    """A fine-tuned tagger's selected model on a CoNLL file (--data; a named task such as wnut17 means its test
+    split) or its own train/valid split: entity-level P/R/F1 overall and per type."""
+    from jaxformer import predict, tagging
+    from jaxformer.data.conll import read_tag_task
+
+    tagger = predict.open_classifier(args.workdir)
+    o = tagger.run.cfg.objective
+    if args.data:
+        sentences = read_tag_task(args.data, "test")
+    else:
+        train_set, dev_set = tagging.tag_splits(o.task, o.valid)
+        sentences = train_set if args.split == "train" else dev_set
+    metrics = tagging.tag_metrics(tagger.run, sentences, tagger.labels)
+    print(json.dumps({"step": tagger.step, "checkpoint": tagger.checkpoint,
+                      "data": args.data or f"{o.task} ({args.split})", **metrics}))
+    return 0
+
+
 def cmd_predict(args) -> int:
+    from pathlib import Path
+
     from jaxformer import atomic, predict
-    from jaxformer.data.classification import decode, read_texts
+    from jaxformer.data.classification import decode, read_text, read_texts
 
     clf = predict.open_classifier(args.workdir)
     if args.file == "-":
@@ -229,8 +258,16 @@ def cmd_predict(args) -> int:
     else:
         if args.out and os.path.exists(args.out) and os.path.samefile(args.out, args.file):
             raise UserError(f"--out {args.out} is the input file: write the predictions to another file.")
-        texts = read_texts(args.file, _columns(args, clf.columns))
-    lines = "".join(json.dumps(p) + "\n" for p in clf.predictions(clf.log_probabilities(texts)))
+        texts = (read_text(Path(args.file)).splitlines() if clf.run.cfg.objective.kind == "tag"
+                 else read_texts(args.file, _columns(args, clf.columns)))
+    if clf.run.cfg.objective.kind == "tag":  # a tagger: one sentence of whitespace-separated words per line
+        from jaxformer import tagging
+
+        words = [line.split() for line in texts if line.strip()]
+        predictions = tagging.predicted_tags(clf.run, words, clf.labels)
+    else:
+        predictions = clf.predictions(clf.log_probabilities(texts))
+    lines = "".join(json.dumps(p) + "\n" for p in predictions)
     if args.out:
         if os.path.isdir(args.out):
             raise UserError(f"--out {args.out} is a directory: give a file path for the predictions.")
@@ -290,7 +327,12 @@ def cmd_finetune(args) -> int:
 
     result = finetune.finetune(args.workdir, args.task, args.out, _overrides(args), valid=args.valid,
                                test=args.test, columns=_columns(args), show_progress=not args.no_progress)
-    finetune.print_summary(args.out, result)
+    if result.get("objective") == "tag":
+        from jaxformer import tagging
+
+        tagging.print_summary(args.out, result)
+    else:
+        finetune.print_summary(args.out, result)
     return EXIT_PREEMPTED if result["preempted"] else 0
 
 

@@ -62,15 +62,15 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    kind: str = "clm"  # clm (decoder, causal) | mlm (encoder, bidirectional) | classify (fine-tuning)
+    kind: str = "clm"  # clm (decoder, causal) | mlm (encoder, bidirectional) | classify | tag (fine-tuning)
     mask_rate: float = 0.15
     mask_token_frac: float = 0.8  # of the selected positions: replaced by [MASK]
     random_token_frac: float = 0.1  # replaced by a random token; the rest keep their token
     # Sequence classification (`jaxformer finetune`), ignored by clm/mlm. Set by finetune from the pretrained run
     # and the task; they live here because they change the step, the parameters (the head) and the optimizer
     # state, so a run must resume with the same values (rundir checks the objective section).
-    task: str = ""  # sst2 | rt-polarity | path to a .tsv/.jsonl (recorded for the run directory)
-    n_classes: int = 0  # classifier outputs; finetune takes it from the task's labels
+    task: str = ""  # sst2 | rt-polarity | wnut17 | path to a .tsv/.jsonl/.conll (recorded for the run directory)
+    n_classes: int = 0  # classifier outputs (classes or tags); finetune takes it from the task's labels
     causal: bool = False  # attention of the backbone: True for a decoder (CLM) backbone
     pooling: str = ""  # cls | last | mean; empty: cls for an encoder backbone, last for a decoder
     linear_probe: bool = False  # train only the classifier head; the backbone stays bit-identical

@@ -65,15 +65,16 @@ PRETRAINED_FILE = "pretrained.json"  # where the fine-tuning run started from
 # ---------------------------------------------------------------------------------------------- config
 
 def finetune_config(pretrained: Config, task: str, n_classes: int, overrides: list[str], *, valid: str = "",
-                    columns: Columns = Columns()) -> Config:
-    """The pretrained run's config with a classification objective, DEFAULTS, then the user's overrides;
-    resolved for this host's devices (the mesh is not the pretraining one: all devices on `data` by default)."""
+                    columns: Columns = Columns(), kind: str = "classify") -> Config:
+    """The pretrained run's config with a classification objective (`kind`: classify, or tag for a tagger),
+    DEFAULTS, then the user's overrides; resolved for this host's devices (the mesh is not the pretraining one:
+    all devices on `data` by default)."""
     for item in overrides:
         key = item.partition("=")[0].strip()
         if key.startswith(FIXED_KEYS):
             raise UserError(f"{key} comes from the pretrained run and --task/--valid/--text-column/--label-column, "
                             f"so finetune does not take it from --set: leave it out.")
-    objective = ObjectiveConfig(kind="classify", task=task, n_classes=n_classes,
+    objective = ObjectiveConfig(kind=kind, task=task, n_classes=n_classes,
                                 causal=objectives.for_config(pretrained).causal, valid=valid,
                                 text_column=columns.text, label_column=columns.label)
     cfg = replace(pretrained, objective=objective, mesh=MeshConfig())
@@ -149,7 +150,18 @@ def finetune(workdir: str | Path, task: str, out: str | Path, overrides: list[st
     """Fine-tune the pretrained run in `workdir` on `task` into the run directory `out` (resumes if it has
     checkpoints), validating on `valid` (a file) or the task's dev split; keeps the checkpoint with the best
     validation accuracy and scores it on `test` when given. Returns the summary (`dev_accuracy` etc. of the
-    selected model, `best_step`, `test`, ...) and the Run, whose state is the selected model."""
+    selected model, `best_step`, `test`, ...) and the Run, whose state is the selected model.
+    A tagging task (wnut17, a .conll file) fine-tunes a tagger instead (`tagging.finetune_tags`)."""
+    from jaxformer.data.conll import is_tag_task
+
+    if is_tag_task(task):
+        from jaxformer import tagging
+
+        if columns != Columns():
+            raise UserError("--text-column/--label-column apply to .tsv/.jsonl tasks: a CoNLL file has token and "
+                            "tag columns; leave them out.")
+        return tagging.finetune_tags(workdir, task, out, overrides, valid=valid, test=test,
+                                     show_progress=show_progress, stop_after=stop_after)
     workdir, out = Path(workdir), Path(out)
     if out.absolute() == workdir.absolute():
         raise UserError(f"--out {out} is the pretrained run's directory: give the fine-tuning run its own --out.")

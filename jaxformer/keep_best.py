@@ -1,6 +1,7 @@
 """Model selection for fine-tuning: keep the checkpoint with the best validation accuracy, stop early.
 
     keeper = BestKeeper(run, patience=cfg.train.early_stop_patience)   # picks up the run's history on resume
+    BestKeeper(run, metric="valid_f1")       # a tagger is selected by entity F1 instead of accuracy
     keeper.consider(state, valid_metrics)    # at every evaluation: a strictly better accuracy is saved
     keeper.exhausted                         # `patience` evaluations in a row without improving
     keeper.best_step, keeper.best            # the selected step and its logged validation metrics
@@ -24,14 +25,14 @@ METRIC = "valid_accuracy"  # what "best" means; logged at every evaluation
 
 
 class BestKeeper:
-    def __init__(self, run: Run, *, patience: int = 0):
-        self.patience = patience
+    def __init__(self, run: Run, *, patience: int = 0, metric: str = METRIC):
+        self.patience, self.metric = patience, metric
         start = run.step
         self.best: dict = {}
         self.best_step: int | None = None
         self.since_best = 0  # evaluations since the best one
         for row in metrics_lib.read_metrics(run.workdir):
-            if row.get("step", 0) <= start and METRIC in row:
+            if row.get("step", 0) <= start and metric in row:
                 self._record(row["step"], row)
         self.ckpt = Checkpointer(run.workdir / BEST_DIR, keep=1, tokenizer_fingerprint=run.tokenizer.fingerprint)
         for step in self.ckpt.steps():  # left by an attempt that was interrupted after `start`
@@ -39,7 +40,7 @@ class BestKeeper:
                 self.ckpt.manager.delete(step)
 
     def _record(self, step: int, row: dict) -> bool:
-        better = self.best_step is None or row[METRIC] > self.best[METRIC]
+        better = self.best_step is None or row[self.metric] > self.best[self.metric]
         if better:
             self.best, self.best_step, self.since_best = row, step, 0
         else:
