@@ -111,8 +111,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int, default=None, help="number of eval batches (default: train.eval_batches; "
                                                              "a classifier scores every example)")
     _add_column_args(p)
-    _add_sft_eval_args(p, "--limit", "an instruction-tuned run: score exact match on the first N pairs (0: all); "
-                                     "response loss covers every pair; --data is gsm8k or a prompt/response .jsonl")
+    _add_sft_eval_args(p, "--limit", "an instruction-tuned run: score the first N pairs (0: all) by response loss "
+                                     "and exact match; --data is gsm8k or a prompt/response .jsonl")
 
     p = sub.add_parser("sample", help="continue prompt(s) with a decoder run")
     p.add_argument("--workdir", required=True)
@@ -221,6 +221,9 @@ def cmd_eval(args) -> int:
     if kind == "sft":
         from jaxformer import sft
 
+        if args.stride or args.ngram:
+            raise UserError("--stride and --ngram apply to held-out text: an instruction-tuned run is scored on "
+                            "prompt/response pairs (--data, --limit).")
         print(json.dumps(sft.evaluate_run(args.workdir, data=args.data, limit=args.limit,
                                           max_new_tokens=args.max_new_tokens, columns=_pair_columns(args))))
         return 0

@@ -1,7 +1,7 @@
 """`jaxformer sft`: instruction tuning of a pretrained decoder on prompt → response pairs, and its evaluation.
 
     sft(workdir, data, out, overrides)        # -> {"valid_loss", "exact_match", ...}; <out> is a normal run
-    evaluate_run(out, data=..., limit=50)     # response loss / perplexity on every pair, exact match on `limit`
+    evaluate_run(out, data=..., limit=50)     # response loss / perplexity and exact match on the first 50 pairs
 
 The pretrained run in `workdir` (a `clm` run, an imported Hugging Face GPT-2, or an earlier `sft` run) gives the
 model, tokenizer and newest verified checkpoint; the new run gets `objective.kind=sft` and trains with THE train
@@ -173,16 +173,17 @@ def exact_match(run: Run, pairs: list[Pair], *, max_new_tokens: int | None = Non
 
 def evaluate_run(workdir: str | Path, *, data: str | None = None, limit: int = 50,
                  max_new_tokens: int | None = None, columns: PairColumns | None = None) -> dict:
-    """`jaxformer eval` of an SFT run: response loss/perplexity over every scored pair, exact match over the
-    first `limit` of them (0: all)."""
+    """`jaxformer eval` of an SFT run: response loss/perplexity and exact match over the first `limit` scored
+    pairs (0: all)."""
     run = open_run(workdir)
     if limit < 0:
         raise UserError(f"--limit must be >= 0 (0 scores every pair), got {limit}.")
     name, pairs = scored_pairs(run.cfg, data, columns if columns and (columns.prompt or columns.response) else None)
+    pairs = pairs[:limit] if limit else pairs
     rows = encode_rows(pairs, run.cfg, run.tokenizer)
     out = {"step": run.step, "data": name, "n_examples": len(pairs), "n_truncated": rows.n_truncated,
            **response_metrics(run, rows)}
-    em = exact_match(run, pairs[:limit] if limit else pairs, max_new_tokens=max_new_tokens)
+    em = exact_match(run, pairs, max_new_tokens=max_new_tokens)
     return {**out, **{k: em[k] for k in ("exact_match", "n_exact_match", "max_new_tokens")}}
 
 
