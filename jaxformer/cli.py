@@ -411,8 +411,8 @@ def cmd_bench(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "fill-mask": cmd_fill_mask,
-            "finetune": cmd_finetune, "sft": cmd_sft, "predict": cmd_predict, "import-hf": cmd_import_hf, "export-hf": cmd_export_hf,
-            "params": cmd_params, "bench": cmd_bench}
+            "finetune": cmd_finetune, "predict": cmd_predict, "import-hf": cmd_import_hf, "export-hf": cmd_export_hf,
+            "params": cmd_params, "bench": cmd_bench, "sft": cmd_sft}
 
 
 def main(argv: list[str] | None = None) -> int:

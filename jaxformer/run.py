@@ -56,9 +56,9 @@ def open_run(workdir: str | Path, cfg: config_lib.Config | None = None, *, token
     the data axis, whatever mesh it trained on: orbax reshards on restore).
 
     `cfg` given: a run to train in `workdir`. Token-level objectives tokenize `cfg.data` (cached); fine-tuning
-    and instruction tuning pass the pretrained run's `tokenizer` instead. The config is resolved for this host and checked against
-    the directory's (`extend`: train.steps may grow, see `rundir.check_resume`); the state is restored from the
-    newest verified checkpoint, else initialised."""
+    and instruction tuning pass the pretrained run's `tokenizer` instead. The config is resolved for this host
+    and checked against the directory's (`extend`: train.steps may grow, see `rundir.check_resume`); the state
+    is restored from the newest verified checkpoint, else initialised."""
     workdir = Path(workdir)
     if cfg is None:
         return _open_saved(workdir)

@@ -32,5 +32,5 @@ def for_config(cfg: Config) -> Objective:
     return OBJECTIVES[cfg.objective.kind](cfg.objective, cfg.model.vocab_size, SpecialIds.parse(cfg.data.special_ids))
 
 
-__all__ = ["OBJECTIVES", "CausalLM", "InstructionTuning", "MaskedLM", "Objective", "SequenceClassification", "for_config",
-           "n_mask_slots", "pool", "pool_weights"]
+__all__ = ["OBJECTIVES", "CausalLM", "InstructionTuning", "MaskedLM", "Objective", "SequenceClassification",
+           "for_config", "n_mask_slots", "pool", "pool_weights"]
