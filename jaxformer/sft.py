@@ -42,6 +42,7 @@ from jaxformer.data.sft import (
     encode_pair,
     is_exact_match,
     is_named_task,
+    prompt_ids,
     read_pairs,
 )
 from jaxformer.data.tokenizers import Tokenizer, load_tokenizer
@@ -150,7 +151,7 @@ def answer(run: Run, prompts: list[str], *, max_new_tokens: int, show_progress: 
 
     template, tokenizer = Template.parse(run.cfg.objective.template), run.tokenizer
     room = run.cfg.model.max_seq_len - max_new_tokens
-    ids = [tokenizer.encode(template.prompt_part(p))[-room:] for p in prompts]
+    ids = [prompt_ids(tokenizer, template, p)[-room:] for p in prompts]
     eos = tokenizer.special_ids.eos
     out = []
     for start in tqdm(range(0, len(ids), GENERATE_BATCH), desc="generate", disable=not show_progress,
