@@ -1,4 +1,4 @@
-"""`jaxformer train | eval | sample | fill-mask | finetune | predict | import-hf | export-hf | params | bench`.
+"""`jaxformer train | eval | sample | fill-mask | finetune | sft | predict | import-hf | export-hf | params | bench`.
 
 Exit codes (see jaxformer/errors.py): 0 done, 2 bad input, 3 stopped at a non-finite loss, 4 checkpoint write
 failed, 75 preempted after saving (re-run to resume), 1 anything else.
@@ -52,6 +52,23 @@ def _add_column_args(p: argparse.ArgumentParser) -> None:
                    help="the .tsv/.jsonl label column (default: label, labels, class or sentiment)")
 
 
+def _add_sft_eval_args(p: argparse.ArgumentParser, limit_flag: str, limit_help: str) -> None:
+    p.add_argument(limit_flag, type=int, default=50, metavar="N", help=limit_help)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="instruction-tuned runs: greedy decoding budget per answer (default: the longest reference "
+                        "response, at most half the context)")
+    p.add_argument("--prompt-column", default="", metavar="NAME",
+                   help="the .jsonl prompt field (default: prompt, question, instruction or input)")
+    p.add_argument("--response-column", default="", metavar="NAME",
+                   help="the .jsonl response field (default: response, answer, output or completion)")
+
+
+def _pair_columns(args):
+    from jaxformer.data.sft import PairColumns
+
+    return PairColumns(args.prompt_column, args.response_column)
+
+
 def _columns(args, saved=None):
     """--text-column/--label-column, else `saved` (a classifier run's own), else the usual names."""
     from jaxformer.data.classification import Columns
@@ -96,6 +113,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int, default=None, help="number of eval batches (default: train.eval_batches; "
                                                              "a classifier scores every example)")
     _add_column_args(p)
+    _add_sft_eval_args(p, "--limit", "an instruction-tuned run: score the first N pairs (0: all) by response loss "
+                                     "and exact match; --data is gsm8k or a prompt/response .jsonl")
 
     p = sub.add_parser("sample", help="continue prompt(s) with a decoder run")
     p.add_argument("--workdir", required=True)
@@ -106,6 +125,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chat", action="store_true",
+                   help="an instruction-tuned run: wrap each prompt in the run's template and print the response")
 
     p = sub.add_parser("fill-mask", help="top-k predictions for each [MASK] in TEXT with an encoder run")
     p.add_argument("--workdir", required=True)
@@ -128,6 +149,21 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="labelled .tsv/.jsonl scored once at the end with the selected model (a tagger: a .conll "
                         "file, or the task's name for its test split, e.g. --test wnut17)")
     _add_column_args(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("sft", help="instruction-tune a pretrained decoder on prompt → response pairs (loss on the "
+                                   "response tokens only) into a new run directory --out")
+    p.add_argument("--workdir", required=True,
+                   help="the pretrained decoder run (clm, imported GPT-2, or sft): its config, tokenizer, checkpoint")
+    p.add_argument("--data", required=True, help="gsm8k, or a .jsonl file with a prompt and a response field per line")
+    p.add_argument("--out", required=True, help="the instruction-tuned run directory; re-running on it resumes")
+    p.add_argument("--set", dest="overrides", action="append", default=[], nargs="+", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.steps=300 data.packing=true "
+                        "objective.template='Q: {prompt}\\nA: {response}' (repeatable)")
+    p.add_argument("--valid", default="", metavar="FILE",
+                   help="prompt/response .jsonl for the validation loss (default: 5%% of the training pairs)")
+    _add_sft_eval_args(p, "--eval-limit", "after training, score exact match of greedy answers on the first N test "
+                                          "pairs (gsm8k: its test split; a file: the validation pairs; 0: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("predict", help="classify each line of FILE with a fine-tuned run; one JSON line per input "
@@ -189,6 +225,15 @@ def cmd_eval(args) -> int:
     kind = rundir.read_config(args.workdir).objective.kind
     if kind == "tag":
         return _eval_tagger(args)
+    if kind == "sft":
+        from jaxformer import sft
+
+        if args.stride or args.ngram:
+            raise UserError("--stride and --ngram apply to held-out text: an instruction-tuned run is scored on "
+                            "prompt/response pairs (--data, --limit).")
+        print(json.dumps(sft.evaluate_run(args.workdir, data=args.data, limit=args.limit,
+                                          max_new_tokens=args.max_new_tokens, columns=_pair_columns(args))))
+        return 0
     if not objectives.OBJECTIVES[kind].token_level:
         return _eval_classifier(args)
     run = open_run(args.workdir)
@@ -291,15 +336,23 @@ def cmd_sample(args) -> int:
 
     run = _open_for(args.workdir, "sample")
     tokenizer, graphdef, params = run.tokenizer, run.state.graphdef, run.state.params
-    prompts = [tokenizer.encode(p) for p in args.prompt]
+    texts = args.prompt
+    if args.chat:
+        if run.cfg.objective.kind != "sft":
+            raise UserError(f"--chat wraps prompts in an instruction-tuned run's template, and {args.workdir} holds "
+                            f"{run.objective.description}: make one with `jaxformer sft`, or leave --chat out.")
+        from jaxformer.data.sft import Template
+
+        texts = [Template.parse(run.cfg.objective.template).prompt_part(p) for p in args.prompt]
+    prompts = [tokenizer.encode(p) for p in texts]
     budget = args.max_new_tokens
     if budget is None:  # what the context leaves after the longest prompt (a too-long prompt is refused below)
         budget = max(1, min(200, run.cfg.model.max_seq_len - max(len(p) for p in prompts)))
     outs = generate.generate(graphdef, params, prompts, max_new_tokens=budget,
                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                              eos_id=tokenizer.special_ids.eos)
-    for prompt, new in zip(args.prompt, outs, strict=True):
-        print(prompt + tokenizer.decode(new))
+    for prompt, new in zip(texts, outs, strict=True):
+        print(tokenizer.decode(new) if args.chat else prompt + tokenizer.decode(new))
         if len(outs) > 1:
             print("-" * 40)
     return 0
@@ -333,6 +386,16 @@ def cmd_finetune(args) -> int:
         tagging.print_summary(args.out, result)
     else:
         finetune.print_summary(args.out, result)
+    return EXIT_PREEMPTED if result["preempted"] else 0
+
+
+def cmd_sft(args) -> int:
+    from jaxformer import sft
+
+    result = sft.sft(args.workdir, args.data, args.out, _overrides(args), valid=args.valid,
+                     columns=_pair_columns(args), eval_limit=args.eval_limit, max_new_tokens=args.max_new_tokens,
+                     show_progress=not args.no_progress)
+    sft.print_summary(args.out, result)
     return EXIT_PREEMPTED if result["preempted"] else 0
 
 
@@ -390,7 +453,7 @@ def cmd_bench(args) -> int:
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "fill-mask": cmd_fill_mask,
             "finetune": cmd_finetune, "predict": cmd_predict, "import-hf": cmd_import_hf, "export-hf": cmd_export_hf,
-            "params": cmd_params, "bench": cmd_bench}
+            "params": cmd_params, "bench": cmd_bench, "sft": cmd_sft}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -400,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("absl").setLevel(logging.ERROR)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        if args.command in ("train", "finetune", "eval"):
+        if args.command in ("train", "finetune", "sft", "eval"):
             from jaxformer import distributed
 
             distributed.maybe_initialize()  # multi-host runs: every process runs the same command

@@ -62,7 +62,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    kind: str = "clm"  # clm (decoder, causal) | mlm (encoder, bidirectional) | classify | tag (fine-tuning)
+    # clm (decoder, causal) | mlm (encoder, bidirectional) | classify | tag (fine-tuning) | sft (instruction tuning)
+    kind: str = "clm"
     mask_rate: float = 0.15
     mask_token_frac: float = 0.8  # of the selected positions: replaced by [MASK]
     random_token_frac: float = 0.1  # replaced by a random token; the rest keep their token
@@ -77,6 +78,11 @@ class ObjectiveConfig:
     valid: str = ""  # a .tsv/.jsonl of labelled validation examples; empty: the task's dev split or a held-out 10%
     text_column: str = ""  # the task files' text / label column; empty: the usual names (text, sentence, ...)
     label_column: str = ""
+    # Instruction tuning (`jaxformer sft`, objective.kind=sft; task/valid above name its pairs): the chat template
+    # (empty: jaxformer.data.sft.DEFAULT_TEMPLATE) and the pair files' field names (empty: the usual names).
+    template: str = ""
+    prompt_column: str = ""
+    response_column: str = ""
 
 
 @dataclass(frozen=True)

@@ -56,15 +56,15 @@ def open_run(workdir: str | Path, cfg: config_lib.Config | None = None, *, token
     the data axis, whatever mesh it trained on: orbax reshards on restore).
 
     `cfg` given: a run to train in `workdir`. Token-level objectives tokenize `cfg.data` (cached); fine-tuning
-    passes the pretrained run's `tokenizer` instead. The config is resolved for this host and checked against
-    the directory's (`extend`: train.steps may grow, see `rundir.check_resume`); the state is restored from the
-    newest verified checkpoint, else initialised."""
+    and instruction tuning pass the pretrained run's `tokenizer` instead. The config is resolved for this host
+    and checked against the directory's (`extend`: train.steps may grow, see `rundir.check_resume`); the state
+    is restored from the newest verified checkpoint, else initialised."""
     workdir = Path(workdir)
     if cfg is None:
         return _open_saved(workdir)
     rundir.check_is_run_or_new(workdir)
     corpus = None
-    if objectives.OBJECTIVES[cfg.objective.kind].token_level:
+    if tokenizer is None and objectives.OBJECTIVES[cfg.objective.kind].token_level:
         corpus = load_corpus(cfg.data, workdir, show_progress=show_progress, seq_len=cfg.train.seq_len)
         tokenizer = corpus.tokenizer
     if tokenizer is None:

@@ -16,13 +16,15 @@ from jaxformer.objectives.base import Objective
 from jaxformer.objectives.classify import SequenceClassification, pool, pool_weights
 from jaxformer.objectives.clm import CausalLM
 from jaxformer.objectives.mlm import MaskedLM, n_mask_slots
+from jaxformer.objectives.sft import InstructionTuning
 from jaxformer.objectives.tag import TokenClassification
 
 if TYPE_CHECKING:
     from jaxformer.config import Config
 
-OBJECTIVES: dict[str, type[Objective]] = {o.kind: o for o in (CausalLM, MaskedLM, SequenceClassification,
-                                                           TokenClassification)}
+# One registry: objective.kind -> the class (new kinds register here).
+OBJECTIVES: dict[str, type[Objective]] = {o.kind: o for o in (
+    CausalLM, MaskedLM, SequenceClassification, TokenClassification, InstructionTuning)}
 
 
 def for_config(cfg: Config) -> Objective:
@@ -32,6 +34,5 @@ def for_config(cfg: Config) -> Objective:
     return OBJECTIVES[cfg.objective.kind](cfg.objective, cfg.model.vocab_size, SpecialIds.parse(cfg.data.special_ids))
 
 
-__all__ = ["OBJECTIVES", "CausalLM", "MaskedLM", "Objective", "SequenceClassification", "TokenClassification",
-           "for_config",
-           "n_mask_slots", "pool", "pool_weights"]
+__all__ = ["OBJECTIVES", "CausalLM", "InstructionTuning", "MaskedLM", "Objective", "SequenceClassification",
+           "TokenClassification", "for_config", "n_mask_slots", "pool", "pool_weights"]
