@@ -55,8 +55,9 @@ def open_run(workdir: str | Path, cfg: config_lib.Config | None = None, *, token
     """`cfg=None`: the run saved in `workdir` at its newest verified checkpoint, on this host's devices (all on
     the data axis, whatever mesh it trained on: orbax reshards on restore).
 
-    `cfg` given: a run to train in `workdir`. Token-level objectives tokenize `cfg.data` (cached); fine-tuning
-    passes the pretrained run's `tokenizer` instead. The config is resolved for this host and checked against
+    `cfg` given: a run to train in `workdir`. Token-level objectives tokenize `cfg.data` (cached) with the
+    given `tokenizer` (distillation: the teacher's) or else the one `cfg.data` names; fine-tuning passes the
+    pretrained run's `tokenizer` instead. The config is resolved for this host and checked against
     the directory's (`extend`: train.steps may grow, see `rundir.check_resume`); the state is restored from the
     newest verified checkpoint, else initialised."""
     workdir = Path(workdir)
@@ -65,7 +66,8 @@ def open_run(workdir: str | Path, cfg: config_lib.Config | None = None, *, token
     rundir.check_is_run_or_new(workdir)
     corpus = None
     if objectives.OBJECTIVES[cfg.objective.kind].token_level:
-        corpus = load_corpus(cfg.data, workdir, show_progress=show_progress, seq_len=cfg.train.seq_len)
+        corpus = load_corpus(cfg.data, workdir, show_progress=show_progress, seq_len=cfg.train.seq_len,
+                             tokenizer=tokenizer)
         tokenizer = corpus.tokenizer
     if tokenizer is None:
         raise UserError(f"objective.kind={cfg.objective.kind} trains on a tokenizer it is given: fine-tune with "

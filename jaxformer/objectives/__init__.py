@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from jaxformer.objectives.base import Objective
 from jaxformer.objectives.classify import SequenceClassification, pool, pool_weights
 from jaxformer.objectives.clm import CausalLM
+from jaxformer.objectives.distill import DISTILLED, Distillation, Teacher
 from jaxformer.objectives.mlm import MaskedLM, n_mask_slots
 
 if TYPE_CHECKING:
@@ -27,8 +28,11 @@ def for_config(cfg: Config) -> Objective:
     """The objective of a (resolved) config, with the special ids of its vocabulary."""
     from jaxformer.data.tokenizers import SpecialIds
 
-    return OBJECTIVES[cfg.objective.kind](cfg.objective, cfg.model.vocab_size, SpecialIds.parse(cfg.data.special_ids))
+    cls = OBJECTIVES[cfg.objective.kind]
+    if cfg.objective.teacher and cfg.objective.kind in DISTILLED:  # a student of `jaxformer distill`
+        cls = DISTILLED[cfg.objective.kind]
+    return cls(cfg.objective, cfg.model.vocab_size, SpecialIds.parse(cfg.data.special_ids))
 
 
-__all__ = ["OBJECTIVES", "CausalLM", "MaskedLM", "Objective", "SequenceClassification", "for_config",
-           "n_mask_slots", "pool", "pool_weights"]
+__all__ = ["DISTILLED", "OBJECTIVES", "CausalLM", "Distillation", "MaskedLM", "Objective", "SequenceClassification",
+           "Teacher", "for_config", "n_mask_slots", "pool", "pool_weights"]

@@ -27,6 +27,18 @@ ABILITY_NEEDS = {"sample": "a decoder run (objective.kind=clm)", "fill-mask": "a
                  "predict": "a fine-tuned classifier (made by jaxformer finetune)"}
 
 
+def cross_entropy_sums(logits: jax.Array, ex: dict) -> tuple[jax.Array, dict]:
+    """Summed cross-entropy of float32 logits against ex["targets"] under ex["weights"], and the sums for
+    accuracy."""
+    xent = optax.softmax_cross_entropy_with_integer_labels(logits, ex["targets"])
+    w = ex["weights"]
+    # "target logit is the max" reuses the max that the log-softmax computes (an argmax would be a second
+    # pass over [B, T, V]: ~5% of a small CLM step); ties count as correct.
+    target_logit = jnp.take_along_axis(logits, ex["targets"][..., None], axis=-1)[..., 0]
+    correct = (target_logit >= logits.max(-1)).astype(jnp.float32)
+    return jnp.sum(xent * w), {"correct": jnp.sum(correct * w), "n_tokens": jnp.sum(w)}
+
+
 @dataclass(frozen=True)
 class Objective:
     cfg: ObjectiveConfig
@@ -93,13 +105,8 @@ class Objective:
     def loss_sums(self, model, ex: dict, *, rng: jax.Array | None) -> tuple[jax.Array, dict]:
         """Summed cross-entropy over weighted predictions, plus sums for accuracy and the MoE auxiliary loss."""
         logits, aux = self.logits(model, ex, rng=rng)
-        xent = optax.softmax_cross_entropy_with_integer_labels(logits, ex["targets"])
-        w = ex["weights"]
-        # "target logit is the max" reuses the max that the log-softmax computes (an argmax would be a second
-        # pass over [B, T, V]: ~5% of a small CLM step); ties count as correct.
-        target_logit = jnp.take_along_axis(logits, ex["targets"][..., None], axis=-1)[..., 0]
-        correct = (target_logit >= logits.max(-1)).astype(jnp.float32)
-        return jnp.sum(xent * w), {"correct": jnp.sum(correct * w), "n_tokens": jnp.sum(w), "aux": aux}
+        loss_sum, stats = cross_entropy_sums(logits, ex)
+        return loss_sum, {**stats, "aux": aux}
 
     def require(self, ability: str, where: str) -> None:
         """One sentence, naming a command that works for this run, when it cannot do `ability`."""
