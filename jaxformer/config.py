@@ -76,8 +76,9 @@ class ObjectiveConfig:
     teacher: str = ""  # the teacher run's directory (absolute); empty: no distillation
     teacher_step: int = 0  # the teacher checkpoint the student learns from
     teacher_fingerprint: str = ""  # digest of that checkpoint's parameters (a changed teacher is refused)
-    distill_alpha: float = 0.5  # weight of the soft-target term; the hard loss gets 1 - distill_alpha
-    temperature: float = 2.0  # softmax temperature of teacher and student in the soft term (scaled back by T^2)
+    # Defaults: what helped most at CPU scale (README, "Distillation"); DistilBERT's T=2 hurt there.
+    distill_alpha: float = 0.9  # weight of the soft-target term; the hard loss gets 1 - distill_alpha
+    temperature: float = 1.0  # softmax temperature of teacher and student in the soft term (scaled back by T^2)
     distill_hidden: float = 0.0  # weight of DistilBERT's 1 - cos(student, teacher) on final hidden states
 
 
