@@ -76,9 +76,9 @@ def params_fingerprint(params) -> str:
 
 
 def load_teacher(teacher_dir: Path, teacher_cfg: Config, tokenizer: Tokenizer, mesh: jax.sharding.Mesh, *,
-                 step: int | None = None) -> tuple[Teacher, Teacher, int]:
-    """(teacher, its shardings, its step): the newest verified checkpoint of `teacher_dir` (or exactly `step`),
-    its parameters restored straight into `mesh` by the logical-axis rules; the optimizer state is dropped."""
+                 step: int | None = None) -> tuple[Teacher, int]:
+    """(teacher, its step): the newest verified checkpoint of `teacher_dir` (or exactly `step`), its parameters
+    restored straight into `mesh` by the logical-axis rules; the optimizer state is dropped."""
     abstract = train.abstract_state(teacher_cfg)
     shardings = train.state_shardings(abstract, mesh)
     state = restore_newest(teacher_dir, abstract, shardings, tokenizer_fingerprint=tokenizer.fingerprint,
@@ -90,20 +90,19 @@ def load_teacher(teacher_dir: Path, teacher_cfg: Config, tokenizer: Tokenizer, m
         raise UserError(f"The teacher checkpoint step {step} that this student distills from is no longer in "
                         f"{teacher_dir / 'checkpoints'}: the teacher changed, so the student cannot resume; start a "
                         f"new --workdir.")
-    teacher = Teacher(params=state.params, graphdef=abstract.graphdef, cfg=teacher_cfg)
-    return teacher, Teacher(params=shardings.params, graphdef=abstract.graphdef, cfg=teacher_cfg), int(state.step)
+    return Teacher(params=state.params, graphdef=abstract.graphdef, cfg=teacher_cfg), int(state.step)
 
 
-def _check_resume(workdir: Path, saved: Config | None, teacher_dir: Path, fingerprint: str,
-                  tokenizer: Tokenizer) -> None:
-    """One sentence for the ways a resumed student can disagree with its teacher (rundir.check_resume then checks
-    every other setting)."""
+def _pinned_step(workdir: Path, saved: Config | None, teacher_dir: Path, tokenizer: Tokenizer) -> int | None:
+    """The teacher checkpoint a resumed student must use (None: a new student takes the newest), after one
+    sentence for each way the directory can disagree with this teacher (rundir.check_resume then checks every
+    other setting)."""
     saved_tokenizer = load_tokenizer(workdir)
     if saved_tokenizer is not None and saved_tokenizer.fingerprint != tokenizer.fingerprint:
         raise UserError(f"{workdir} holds a run with another tokenizer than the teacher's in {teacher_dir}: a "
                         f"student must share its teacher's vocabulary; use a new --workdir.")
     if saved is None:
-        return
+        return None
     o = saved.objective
     if not o.teacher:
         raise UserError(f"{workdir} holds a run that was not distilled (no objective.teacher): use a new --workdir "
@@ -111,6 +110,13 @@ def _check_resume(workdir: Path, saved: Config | None, teacher_dir: Path, finger
     if o.teacher != str(teacher_dir):
         raise UserError(f"{workdir} distills from the teacher in {o.teacher}, not {teacher_dir}: pass --teacher "
                         f"{o.teacher} to resume it, or use a new --workdir.")
+    return o.teacher_step
+
+
+def _check_fingerprint(workdir: Path, saved: Config | None, teacher_dir: Path, fingerprint: str) -> None:
+    if saved is None:
+        return
+    o = saved.objective
     if o.teacher_fingerprint != fingerprint:
         raise UserError(f"The teacher in {teacher_dir} at step {o.teacher_step} is not the one {workdir} started "
                         f"from (parameters {fingerprint}, recorded {o.teacher_fingerprint}): the teacher changed, "
@@ -133,14 +139,14 @@ def distill(teacher_dir: str | Path, base: Config, overrides: list[str], workdir
     objectives.for_config(resolved).validate_config(resolved)  # the distillation weights
     with rundir.WorkdirLock(workdir, enabled=jax.process_index() == 0):
         saved = rundir.read_config(workdir) if (workdir / rundir.CONFIG_FILE).exists() else None
-        pinned = saved.objective.teacher_step if saved is not None and saved.objective.teacher else None
-        mesh = parallel.make_mesh(resolved.mesh)
-        teacher, teacher_shardings, step = load_teacher(teacher_dir, teacher_cfg, tokenizer, mesh, step=pinned)
+        pinned = _pinned_step(workdir, saved, teacher_dir, tokenizer)
+        mesh = parallel.make_mesh(resolved.mesh)  # the mesh open_run builds from the same config
+        teacher, step = load_teacher(teacher_dir, teacher_cfg, tokenizer, mesh, step=pinned)
         fingerprint = params_fingerprint(teacher.params)
-        _check_resume(workdir, saved, teacher_dir, fingerprint, tokenizer)
+        _check_fingerprint(workdir, saved, teacher_dir, fingerprint)
         cfg = replace(cfg, objective=replace(cfg.objective, teacher_step=step, teacher_fingerprint=fingerprint))
         run = open_run(workdir, cfg, tokenizer=tokenizer, show_progress=show_progress)
-        teacher_shardings = teacher_shardings.replace(params=parallel.tree_shardings(teacher.params, run.mesh))
+        teacher_shardings = teacher.replace(params=parallel.tree_shardings(teacher.params, run.mesh))
         run.state = run.state.replace(teacher=jax.device_put(teacher, teacher_shardings))
         run.shardings = run.shardings.replace(teacher=teacher_shardings)
         run.write_run_files()

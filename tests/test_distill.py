@@ -163,7 +163,7 @@ def test_distilled_student_beats_the_student_alone(teacher_run, tmp_path):
     assert first["preempted"] and first["step"] == 75
     teacher_cfg = config_lib.from_dict(json.loads((teacher_dir / "config.json").read_text()))
     tokenizer = load_tokenizer(teacher_dir)
-    saved, _, _ = distill.load_teacher(teacher_dir, teacher_cfg, tokenizer, first["run"].mesh)
+    saved, _ = distill.load_teacher(teacher_dir, teacher_cfg, tokenizer, first["run"].mesh)
     for a, b in zip(jax.tree.leaves(first["run"].state.teacher.params), jax.tree.leaves(saved.params), strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     assert main(["distill", "--teacher", str(teacher_dir), "--preset", "decoder-tiny", "--set", *settings, *WEIGHTS,
