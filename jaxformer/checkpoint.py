@@ -101,13 +101,16 @@ class Checkpointer:
                             f"({saved[:12]}) than the one in the run directory ({self.tokenizer_fingerprint[:12]}): "
                             f"restore the run's tokenizer files or start a new --workdir.")
 
-    def restore_latest(self, target: TrainState, shardings: TrainState) -> TrainState | None:
-        """The newest checkpoint that restores and verifies, placed in `shardings`; None if there is none."""
+    def restore_latest(self, target: TrainState, shardings: TrainState, *,
+                       only_step: int | None = None) -> TrainState | None:
+        """The newest checkpoint that restores and verifies, placed in `shardings`; None if there is none.
+        `only_step`: that step or nothing (a distillation teacher is pinned to one checkpoint)."""
         abstract = jax.tree.map(  # shardings is a prefix of target: one sharding per Variable
             lambda s, sub: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), sub),
             _saved_tree(shardings), _saved_tree(target))
         failures = []
-        for step in reversed(self.steps()):
+        candidates = [s for s in self.steps() if only_step is None or s == only_step]
+        for step in reversed(candidates):
             try:
                 meta = self._meta(step)
             except Exception as err:  # a partial or corrupt step: try the next older one
@@ -144,10 +147,10 @@ class Checkpointer:
 
 
 def restore_newest(workdir: str | Path, target: TrainState, shardings: TrainState, *,
-                   tokenizer_fingerprint: str) -> TrainState | None:
+                   tokenizer_fingerprint: str, only_step: int | None = None) -> TrainState | None:
     """`Checkpointer.restore_latest` for a directory that this process only reads (nothing is created)."""
     ckpt = Checkpointer(workdir, tokenizer_fingerprint=tokenizer_fingerprint, create=False)
     try:
-        return ckpt.restore_latest(target, shardings)
+        return ckpt.restore_latest(target, shardings, only_step=only_step)
     finally:
         ckpt.manager.close()

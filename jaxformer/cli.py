@@ -1,4 +1,5 @@
-"""`jaxformer train | eval | sample | fill-mask | finetune | sft | predict | import-hf | export-hf | params | bench`.
+"""`jaxformer train | distill | eval | sample | fill-mask | finetune | sft | predict | import-hf | export-hf | params |
+bench`.
 
 Exit codes (see jaxformer/errors.py): 0 done, 2 bad input, 3 stopped at a non-finite loss, 4 checkpoint write
 failed, 75 preempted after saving (re-run to resume), 1 anything else.
@@ -92,6 +93,15 @@ def _build_parser() -> argparse.ArgumentParser:
                         "is stretched from the newest checkpoint on); no other setting may change")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--sample-tokens", type=int, default=200, help="decoder runs: tokens to sample at the end")
+
+    p = sub.add_parser("distill", help="train a student run (clm or mlm, the teacher's kind) on a frozen teacher "
+                                       "run's soft targets plus its own hard loss; resumes like train")
+    p.add_argument("--teacher", required=True, help="the teacher: a trained or import-hf run directory (its "
+                                                    "newest checkpoint, its tokenizer)")
+    _add_config_args(p)
+    p.add_argument("--workdir", required=True, help="the student's run directory; re-running on it resumes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--sample-tokens", type=int, default=200, help="decoder students: tokens to sample at the end")
 
     p = sub.add_parser("eval", help="evaluate a run's latest checkpoint (a fine-tuned classifier: its best one, "
                                     "scored by accuracy, macro-F1 and per-class accuracy; a tagger: entity-level "
@@ -211,8 +221,21 @@ def cmd_train(args) -> int:
     from jaxformer import report, trainer
 
     cfg = _load_config(args)
+    if cfg.objective.teacher:
+        raise UserError("objective.teacher is recorded by `jaxformer distill --teacher DIR`, which trains a student "
+                        "against it: use that command, or leave the key out.")
     config_lib.resolve(cfg, n_devices=jax.device_count())  # every check that needs no data, before any is read
     result = trainer.train_loop(cfg, args.workdir, show_progress=not args.no_progress, extend=args.extend)
+    report.print_training_summary(args.workdir, result, sample_tokens=args.sample_tokens)
+    return EXIT_PREEMPTED if result["preempted"] else 0
+
+
+def cmd_distill(args) -> int:
+    from jaxformer import distill, report
+
+    base = _load_config(argparse.Namespace(**{**vars(args), "overrides": []}))  # the teacher's vocabulary goes
+    result = distill.distill(args.teacher, base, _overrides(args), args.workdir,  # in before the user's --set
+                             show_progress=not args.no_progress)
     report.print_training_summary(args.workdir, result, sample_tokens=args.sample_tokens)
     return EXIT_PREEMPTED if result["preempted"] else 0
 
@@ -451,7 +474,7 @@ def cmd_bench(args) -> int:
     return timing.run(args)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "fill-mask": cmd_fill_mask,
+COMMANDS = {"train": cmd_train, "distill": cmd_distill, "eval": cmd_eval, "sample": cmd_sample, "fill-mask": cmd_fill_mask,
             "finetune": cmd_finetune, "predict": cmd_predict, "import-hf": cmd_import_hf, "export-hf": cmd_export_hf,
             "params": cmd_params, "bench": cmd_bench, "sft": cmd_sft}
 
@@ -463,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("absl").setLevel(logging.ERROR)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        if args.command in ("train", "finetune", "sft", "eval"):
+        if args.command in ("train", "distill", "finetune", "sft", "eval"):
             from jaxformer import distributed
 
             distributed.maybe_initialize()  # multi-host runs: every process runs the same command

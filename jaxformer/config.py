@@ -83,6 +83,17 @@ class ObjectiveConfig:
     template: str = ""
     prompt_column: str = ""
     response_column: str = ""
+    # Knowledge distillation (`jaxformer distill --teacher DIR`): the student's loss is
+    # distill_alpha * T^2 * KL(teacher_T || student_T) + (1 - distill_alpha) * hard loss + distill_hidden * cosine
+    # term, at the prediction slots of clm/mlm. The teacher fields are recorded by distill, never --set: they name
+    # the frozen teacher the run must resume with (see jaxformer/distill.py).
+    teacher: str = ""  # the teacher run's directory (absolute); empty: no distillation
+    teacher_step: int = 0  # the teacher checkpoint the student learns from
+    teacher_fingerprint: str = ""  # digest of that checkpoint's parameters (a changed teacher is refused)
+    # Defaults: what helped most at CPU scale (README, "Distillation"); DistilBERT's T=2 hurt there.
+    distill_alpha: float = 0.9  # weight of the soft-target term; the hard loss gets 1 - distill_alpha
+    temperature: float = 1.0  # softmax temperature of teacher and student in the soft term (scaled back by T^2)
+    distill_hidden: float = 0.0  # weight of DistilBERT's 1 - cos(student, teacher) on final hidden states
 
 
 @dataclass(frozen=True)
@@ -201,6 +212,17 @@ PRESETS: dict[str, Config] = {
         data=dict(tokenizer="unigram", vocab_size=30522),
         train=dict(steps=1000000, batch_size=256, seq_len=512),
         optimizer=dict(lr=1e-4, warmup_steps=10000, b2=0.999, weight_decay=0.01)),
+    # DistilBERT (Sanh et al. 2019; Hugging Face DistilBertModel: 66,362,880 parameters without the MLM head):
+    # bert-base halved in depth, no token types, no pooler. Trained by `jaxformer distill --teacher <bert run>`
+    # with its repository's loss weights 5 (soft, T=2) : 2 (MLM) : 1 (cosine), normalised here to sum to 1, and
+    # its optimizer settings; the batch of ~4K sequences by accumulation as in the paper (steps not published).
+    "distilbert": _preset(
+        model=dict(vocab_size=30522, n_layer=6, d_model=768, n_heads=12, max_seq_len=512, post_norm=True,
+                   embed_norm=True, gelu_approximate=False, norm_eps=1e-12, dropout=0.1),
+        objective=dict(kind="mlm", distill_alpha=5 / 7, temperature=2.0, distill_hidden=1 / 7),
+        data=dict(tokenizer="unigram", vocab_size=30522),
+        train=dict(steps=100000, batch_size=4096, grad_accum=64, seq_len=512),
+        optimizer=dict(lr=5e-4, warmup_steps=5000, b2=0.98, eps=1e-6, weight_decay=0.0, grad_clip=5.0)),
     # GPT-3 175B: for parameter / FLOP accounting only.
     "gpt3-175b": _preset(
         model=dict(vocab_size=50257, n_layer=96, d_model=12288, n_heads=96, max_seq_len=2048),

@@ -55,17 +55,20 @@ def open_run(workdir: str | Path, cfg: config_lib.Config | None = None, *, token
     """`cfg=None`: the run saved in `workdir` at its newest verified checkpoint, on this host's devices (all on
     the data axis, whatever mesh it trained on: orbax reshards on restore).
 
-    `cfg` given: a run to train in `workdir`. Token-level objectives tokenize `cfg.data` (cached); fine-tuning
-    and instruction tuning pass the pretrained run's `tokenizer` instead. The config is resolved for this host
-    and checked against the directory's (`extend`: train.steps may grow, see `rundir.check_resume`); the state
-    is restored from the newest verified checkpoint, else initialised."""
+    `cfg` given: a run to train in `workdir`. Objectives that train on a corpus (`reads_corpus`: clm, mlm)
+    tokenize `cfg.data` (cached) with the given `tokenizer` (distillation: the teacher's) or else the one
+    `cfg.data` names; fine-tuning and instruction tuning pass the pretrained run's `tokenizer` and bring their own
+    examples. The config is resolved for this host and checked against the directory's (`extend`: train.steps
+    may grow, see `rundir.check_resume`); the state is restored from the newest verified checkpoint, else
+    initialised."""
     workdir = Path(workdir)
     if cfg is None:
         return _open_saved(workdir)
     rundir.check_is_run_or_new(workdir)
     corpus = None
-    if tokenizer is None and objectives.OBJECTIVES[cfg.objective.kind].token_level:
-        corpus = load_corpus(cfg.data, workdir, show_progress=show_progress, seq_len=cfg.train.seq_len)
+    if objectives.OBJECTIVES[cfg.objective.kind].reads_corpus:
+        corpus = load_corpus(cfg.data, workdir, show_progress=show_progress, seq_len=cfg.train.seq_len,
+                             tokenizer=tokenizer)
         tokenizer = corpus.tokenizer
     if tokenizer is None:
         raise UserError(f"objective.kind={cfg.objective.kind} trains on a tokenizer it is given: fine-tune with "

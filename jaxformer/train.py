@@ -29,6 +29,9 @@ class TrainState:
     graphdef: Any = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
     cfg: Config = struct.field(pytree_node=False)
+    # Distillation: the frozen `objectives.Teacher`, carried into the same jit (sharded like params, never
+    # differentiated, never saved in the run's checkpoints); None otherwise.
+    teacher: Any = None
 
     def model(self):
         return nnx.merge(self.graphdef, self.params)
@@ -125,13 +128,14 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainSta
     n_total = jnp.maximum(ex["weights"].sum(), 1.0)
     k = cfg.train.grad_accum
     aux_weight = cfg.model.moe_aux_weight if cfg.model.n_experts else 0.0
+    teacher = {} if state.teacher is None else {"teacher": state.teacher}
 
     def loss_fn(params, micro, micro_rng):
         if cfg.objective.linear_probe:
             params = _stop_backbone(params)
         model = nnx.merge(state.graphdef, params)
         rng_ = micro_rng if cfg.model.dropout > 0 else None
-        loss_sum, stats = objective.loss_sums(model, micro, rng=rng_)
+        loss_sum, stats = objective.loss_sums(model, micro, rng=rng_, **teacher)
         return loss_sum / n_total + aux_weight * stats["aux"] / k, (loss_sum, stats)
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
@@ -145,8 +149,11 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainSta
             grads, (loss_sum, stats) = grad_fn(state.params, micro, jax.random.fold_in(rng_dropout, i))
             return jax.tree.map(jnp.add, carry, (grads, loss_sum, stats)), None
 
-        zeros = jax.tree.map(jnp.zeros_like, (state.params, jnp.zeros(()),
-                                              {"correct": 0.0, "n_tokens": 0.0, "aux": 0.0}))
+        # Sums shaped like one micro-batch's (an objective may add its own, e.g. distillation's loss terms).
+        _, (loss_shape, stats_shape) = jax.eval_shape(grad_fn, state.params,
+                                                      jax.tree.map(lambda x: x[0], micro_batches), rng_dropout)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (loss_shape, stats_shape))
+        zeros = (jax.tree.map(jnp.zeros_like, state.params), *zeros)
         (grads, loss_sum, stats), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(k), micro_batches))
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
@@ -160,6 +167,8 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainSta
                "lr": lr_schedule(cfg.optimizer, cfg.train.steps)(state.step)}
     if cfg.model.n_experts:
         metrics["moe_aux"] = stats["aux"] / k
+    # An objective's separate loss terms, per predicted token (distillation: its `loss` is the hard loss alone).
+    metrics.update({name: value / n_total for name, value in stats.get("terms", {}).items()})
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 

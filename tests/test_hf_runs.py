@@ -217,6 +217,22 @@ def test_finetune_an_imported_run(imported, tmp_path, kind):
         assert row.tolist() == [*body, ids.eos] + [ids.eos] * (8 - len(body) - 1)
 
 
+def test_distill_from_an_imported_bert(imported, tmp_path):
+    """An imported BERT teaches a smaller MLM student (with the hidden-state cosine term): the student encodes
+    with the model's own WordPiece tokenizer and special ids, and logs the hard, soft and cosine terms."""
+    from jaxformer.metrics import read_metrics
+
+    student = tmp_path / "student"
+    assert cli.main(["distill", "--teacher", str(imported["bert"]), "--preset", "encoder-tiny", "--set", *RUN,
+                     "model.n_layer=1", "model.d_model=32", "model.n_heads=4", "train.steps=2", "train.log_every=1",
+                     "objective.distill_hidden=0.5", "--workdir", str(student), "--no-progress"]) == 0
+    assert load_tokenizer(student).fingerprint == load_tokenizer(imported["bert"]).fingerprint
+    teacher_data = json.loads((imported["bert"] / "config.json").read_text())["data"]
+    assert json.loads((student / "config.json").read_text())["data"]["special_ids"] == teacher_data["special_ids"]
+    last = read_metrics(student)[-1]
+    assert last["step"] == 2 and all(np.isfinite(last[k]) for k in ("loss", "distill_loss", "hidden_loss"))
+
+
 def test_import_refusals(folders, tmp_path, capsys):
     folder = folders["gpt2"][0]
     busy = tmp_path / "busy"

@@ -56,13 +56,14 @@ class Corpus:
 
 
 def load_corpus(data_cfg, workdir: str | os.PathLike | None, *, show_progress: bool = True,
-                seq_len: int | None = None) -> Corpus:
-    """The corpus of `data_cfg.source` under the workdir's (or a cached, or a new) tokenizer. With `seq_len`,
+                seq_len: int | None = None, tokenizer: Tokenizer | None = None) -> Corpus:
+    """The corpus of `data_cfg.source` under `tokenizer` if given (a distillation student encodes with its
+    teacher's), else the workdir's (or a cached, or a new) tokenizer. With `seq_len`,
     both splits must hold a full window of seq_len + 1 tokens. Nothing is written into `workdir`: the run saves
     its tokenizer (`Run.write_run_files`) once the whole config has been checked."""
     root = token_cache.cache_root(data_cfg)
     source = open_source(data_cfg.source, cache_root=root)
-    tokenizer = resolve_tokenizer(data_cfg, source, workdir, root)
+    tokenizer = tokenizer or resolve_tokenizer(data_cfg, source, workdir, root)
     key = token_cache.cache_key("tokens-v1", source.identity, tokenizer.fingerprint)
     cached = token_cache.read_tokens(root, key)
     if cached is None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from jaxformer.objectives.base import Objective
 from jaxformer.objectives.classify import SequenceClassification, pool, pool_weights
 from jaxformer.objectives.clm import CausalLM
+from jaxformer.objectives.distill import DISTILLED, Distillation, Teacher
 from jaxformer.objectives.mlm import MaskedLM, n_mask_slots
 from jaxformer.objectives.sft import InstructionTuning
 from jaxformer.objectives.tag import TokenClassification
@@ -31,8 +32,12 @@ def for_config(cfg: Config) -> Objective:
     """The objective of a (resolved) config, with the special ids of its vocabulary."""
     from jaxformer.data.tokenizers import SpecialIds
 
-    return OBJECTIVES[cfg.objective.kind](cfg.objective, cfg.model.vocab_size, SpecialIds.parse(cfg.data.special_ids))
+    cls = OBJECTIVES[cfg.objective.kind]
+    if cfg.objective.teacher and cfg.objective.kind in DISTILLED:  # a student of `jaxformer distill`
+        cls = DISTILLED[cfg.objective.kind]
+    return cls(cfg.objective, cfg.model.vocab_size, SpecialIds.parse(cfg.data.special_ids))
 
 
-__all__ = ["OBJECTIVES", "CausalLM", "InstructionTuning", "MaskedLM", "Objective", "SequenceClassification",
-           "TokenClassification", "for_config", "n_mask_slots", "pool", "pool_weights"]
+__all__ = ["DISTILLED", "OBJECTIVES", "CausalLM", "Distillation", "InstructionTuning", "MaskedLM", "Objective",
+           "SequenceClassification", "Teacher", "TokenClassification", "for_config", "n_mask_slots", "pool",
+           "pool_weights"]

@@ -37,6 +37,7 @@ class Objective:
     head: ClassVar[str]  # the Transformer head it trains: "lm", "mlm" or "classifier"
     abilities: ClassVar[frozenset[str]] = frozenset()  # what a trained run supports: "sample", "fill-mask", "predict"
     token_level: ClassVar[bool] = True  # one prediction per token (perplexity/bpc mean something), else per example
+    reads_corpus: ClassVar[bool] = True  # trains on the corpus `cfg.data` names; False: brings its own examples
 
     @classmethod
     def resolve_config(cls, o: ObjectiveConfig) -> ObjectiveConfig:

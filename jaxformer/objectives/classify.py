@@ -44,6 +44,7 @@ class SequenceClassification(Objective):
     head = "classifier"
     abilities = frozenset({"predict"})
     token_level = False
+    reads_corpus = False
 
     @classmethod
     def resolve_config(cls, o: ObjectiveConfig) -> ObjectiveConfig:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 class InstructionTuning(CausalLM):
     kind = "sft"
+    reads_corpus = False  # prompt/response pairs, read by jaxformer/sft.py
 
     @classmethod
     def resolve_config(cls, o: ObjectiveConfig) -> ObjectiveConfig:

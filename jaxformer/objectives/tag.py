@@ -22,6 +22,7 @@ class TokenClassification(Objective):
     head = "classifier"
     abilities = frozenset({"predict"})
     token_level = False  # not a language model: no perplexity, and no pretraining corpus to load
+    reads_corpus = False
 
     @classmethod
     def validate_config(cls, cfg: Config) -> None:
