@@ -122,7 +122,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainSta
     rng_objective, rng_dropout = jax.random.split(rng)
     # The objective sees the whole batch at once, so accumulation changes nothing about the masks drawn.
     ex = objective.prepare(batch, rng_objective)
-    n_total = jnp.maximum(ex["weights"].sum(), 1.0)
+    counts = objective.counts(ex)  # global-batch normalisers, so micro-batch losses add up to the batch's
     k = cfg.train.grad_accum
     aux_weight = cfg.model.moe_aux_weight if cfg.model.n_experts else 0.0
 
@@ -132,7 +132,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainSta
         model = nnx.merge(state.graphdef, params)
         rng_ = micro_rng if cfg.model.dropout > 0 else None
         loss_sum, stats = objective.loss_sums(model, micro, rng=rng_)
-        return loss_sum / n_total + aux_weight * stats["aux"] / k, (loss_sum, stats)
+        return objective.total_loss(loss_sum, stats, counts) + aux_weight * stats["aux"] / k, (loss_sum, stats)
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
     if k == 1:
@@ -145,8 +145,9 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainSta
             grads, (loss_sum, stats) = grad_fn(state.params, micro, jax.random.fold_in(rng_dropout, i))
             return jax.tree.map(jnp.add, carry, (grads, loss_sum, stats)), None
 
-        zeros = jax.tree.map(jnp.zeros_like, (state.params, jnp.zeros(()),
-                                              {"correct": 0.0, "n_tokens": 0.0, "aux": 0.0}))
+        first = jax.tree.map(lambda x: x[0], micro_batches)
+        zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
+                             jax.eval_shape(grad_fn, state.params, first, rng_dropout))  # the objective's sums
         (grads, loss_sum, stats), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(k), micro_batches))
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
@@ -155,7 +156,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainSta
     # Keep the last good values: the select fuses into the elementwise update, no extra pass over memory.
     params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                                      (params, opt_state), (state.params, state.opt_state))
-    metrics = {"loss": loss_sum / n_total, "accuracy": stats["correct"] / n_total, "n_tokens": stats["n_tokens"],
+    metrics = {**objective.step_metrics(loss_sum, stats, counts), "n_tokens": stats["n_tokens"],
                "grad_norm": grad_norm, "skipped": 1.0 - finite.astype(jnp.float32),
                "lr": lr_schedule(cfg.optimizer, cfg.train.steps)(state.step)}
     if cfg.model.n_experts:
@@ -168,7 +169,7 @@ def eval_step(state: TrainState, batch: dict, rng: jax.Array) -> dict:
     objective = objectives.for_config(state.cfg)
     ex = objective.prepare(batch, rng)
     loss_sum, stats = objective.loss_sums(state.model(), ex, rng=None)
-    return {"loss_sum": loss_sum, "correct": stats["correct"], "n_tokens": stats["n_tokens"]}
+    return {"loss_sum": loss_sum, **{key: value for key, value in stats.items() if key != "aux"}}
 
 
 def compile_train_step(shardings: TrainState, mesh: Mesh):
