@@ -71,15 +71,17 @@ class Transformer(nnx.Module):
         param_dtype, self.dtype = dtypes(cfg)
         self.cfg = cfg
         d, e = cfg.d_model, embed_width(cfg)
+        # The embedding width's logical axis: d_model's ("embed"), or ALBERT's narrower "embed_factor".
+        ew = "embed" if e == d else "embed_factor"
         normal = jax.nn.initializers.normal(cfg.init_std)
-        self.embed = nnx.Param(normal(rngs.params(), (cfg.vocab_size, e), param_dtype), axes=("vocab", "embed"))
+        self.embed = nnx.Param(normal(rngs.params(), (cfg.vocab_size, e), param_dtype), axes=("vocab", ew))
         self.pos_embed = nnx.Param(normal(rngs.params(), (cfg.max_seq_len, e), param_dtype),
-                                   axes=(None, "embed")) if cfg.positions == "learned" else None
+                                   axes=(None, ew)) if cfg.positions == "learned" else None
         self.type_embed = nnx.Param(normal(rngs.params(), (cfg.type_vocab_size, e), param_dtype),
-                                    axes=(None, "embed")) if cfg.type_vocab_size else None
+                                    axes=(None, ew)) if cfg.type_vocab_size else None
         self.embed_norm = Norm(cfg, width=e) if cfg.embed_norm else None
         # ALBERT: embeddings of width E < D, projected up once before the first block.
-        self.embed_proj = Linear("...e,ed->...d", (e, d), (None, "embed"), bias_shape=(d,), bias_axes=("norm",),
+        self.embed_proj = Linear("...e,ed->...d", (e, d), (ew, "embed"), bias_shape=(d,), bias_axes=("norm",),
                                  cfg=cfg, rngs=rngs) if e != d else None
         first = Block(cfg, 0, rngs=rngs)
         if cfg.share_layers == "all":  # one block object run n_layer times
@@ -90,10 +92,10 @@ class Transformer(nnx.Module):
         self.blocks = nnx.List(blocks)
         self.final_norm = None if cfg.post_norm else Norm(cfg)  # post-norm blocks already end normalised
         self.lm_head = None if cfg.tie_embeddings else Linear(
-            "...e,ev->...v", (e, cfg.vocab_size), ("embed", "vocab"), cfg=cfg, rngs=rngs)
+            "...e,ev->...v", (e, cfg.vocab_size), (ew, "vocab"), cfg=cfg, rngs=rngs)
         if mlm_head:  # BERT: dense + activation + norm, then the (tied) vocabulary projection plus a bias
             # (ALBERT: the dense maps D to the embedding width E, so the tied E-wide table projects it)
-            self.mlm_transform = Linear("...d,de->...e", (d, e), ("embed", "mlp"),
+            self.mlm_transform = Linear("...d,de->...e", (d, e), ("embed", "mlp" if e == d else ew),
                                         bias_shape=(e,), bias_axes=("norm",), cfg=cfg, rngs=rngs)
             self.mlm_norm = Norm(cfg, width=e)
             self.mlm_bias = nnx.Param(jnp.zeros((cfg.vocab_size,), param_dtype), axes=("vocab",))
