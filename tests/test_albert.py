@@ -14,8 +14,8 @@ from test_train import flat_params, run_steps
 from tiny import tiny_config
 
 from jaxformer import config as config_lib
-from jaxformer import params as params_lib
 from jaxformer import parallel, train
+from jaxformer import params as params_lib
 from jaxformer.checkpoint import Checkpointer
 from jaxformer.model import build_model
 
@@ -175,7 +175,7 @@ def test_factorised_decoder_ties_back_through_the_projection():
 # ---------------------------------------------------------------------------------------------- HF parity
 
 
-def albert_values(t: dict, layers_shared: bool = True) -> dict:
+def albert_values(t: dict) -> dict:
     """jaxformer parameter path -> value from AlbertForPreTraining tensors (one layer group, one layer)."""
     n = lambda x: np.asarray(x.detach().numpy(), np.float32)  # noqa: E731
     e, layer = "albert.embeddings.", "albert.encoder.albert_layer_groups.0.albert_layers.0."
