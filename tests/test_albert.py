@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from hf_fixtures import randomize
-from test_train import flat_params, run_steps
+from test_train import flat_params
 from tiny import tiny_config
 
 from jaxformer import config as config_lib
@@ -168,8 +168,6 @@ def test_factorised_decoder_ties_back_through_the_projection():
     h = np.random.default_rng(0).standard_normal((3, cfg.model.d_model)).astype(np.float32)
     want = h @ np.asarray(model.embed_proj.kernel[...]).T @ np.asarray(model.embed[...]).T
     np.testing.assert_allclose(np.asarray(model.logits(jnp.asarray(h))), want, rtol=1e-5, atol=1e-5)
-    state, losses = run_steps(cfg, 2, jax.devices()[:1])
-    assert np.isfinite(losses).all() and losses[1] < losses[0]
 
 
 # ---------------------------------------------------------------------------------------------- HF parity
