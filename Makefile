@@ -55,7 +55,7 @@ shakespeare:  ## nanoGPT's CPU shakespeare_char "baby" run (needs tinyshakespear
 	jaxformer train --preset shakespeare-char-cpu --workdir $(WORKDIR)/shakespeare-char-cpu
 
 params:  ## parameters and FLOPs per component of the named presets
-	for p in decoder-tiny encoder-tiny gpt2-small bert-base gpt3-175b; do echo "== $$p"; jaxformer params --preset $$p; done
+	for p in decoder-tiny encoder-tiny gpt2-small bert-base albert-base gpt3-175b; do echo "== $$p"; jaxformer params --preset $$p; done
 
 experiments:  ## list the named experiments (`make <name>` trains one; each file's docstring has its expected result)
 	jaxformer params --list-experiments

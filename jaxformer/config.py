@@ -58,6 +58,13 @@ class ModelConfig:
     # Vocabulary head + cross-entropy over this many predicted slots at a time (0: all at once); the full fp32
     # logits are never materialised (jaxformer/objectives/xent.py). Same loss, so runs may switch on resume.
     xent_chunk: int = 0
+    # Segment (token-type) embeddings: how many types (BERT: 2, sentence A / B); 0 = none.
+    type_vocab_size: int = 0
+    # Factorised embeddings (ALBERT): tables of width embed_dim, projected to d_model; 0 = d_model (no projection).
+    embed_dim: int = 0
+    # Cross-layer parameter sharing (ALBERT): none | all | attention | mlp. Shared = one module object run by
+    # every layer, so the state holds one copy and its gradient sums over the layers.
+    share_layers: str = "none"
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,13 @@ class ObjectiveConfig:
     distill_alpha: float = 0.9  # weight of the soft-target term; the hard loss gets 1 - distill_alpha
     temperature: float = 1.0  # softmax temperature of teacher and student in the soft term (scaled back by T^2)
     distill_hidden: float = 0.0  # weight of DistilBERT's 1 - cos(student, teacher) on final hidden states
+    # Sentence-pair pretraining beside MLM (objective.kind=mlm): "" (none) | nsp (BERT: B is the next segment or
+    # one from another document) | sop (ALBERT: two consecutive segments, in order or swapped). The loss is MLM
+    # plus the pair loss on the pooled [CLS] state; batches become `[CLS] A [SEP] B [SEP]` (data/pairs.py).
+    pair_task: str = ""
+    # What a "document" is for the pairs: source (the source's documents, EOS-separated in the token stream) |
+    # paragraphs (also split at blank lines: speeches in tiny shakespeare, a one-document corpus).
+    pair_documents: str = "source"
 
 
 @dataclass(frozen=True)
@@ -167,6 +181,9 @@ class Config:
         return json.dumps(self.to_dict(), indent=2)
 
 
+SHARE_LAYERS = ("none", "all", "attention", "mlp")
+PAIR_TASKS = ("", "nsp", "sop")
+
 # ---------------------------------------------------------------------------------------------- presets
 
 def _preset(**sections: dict) -> Config:
@@ -204,11 +221,12 @@ PRESETS: dict[str, Config] = {
         data=dict(tokenizer="bpe", vocab_size=50257),
         train=dict(steps=600000, batch_size=480, seq_len=1024, grad_accum=40),
         optimizer=dict(lr=6e-4, warmup_steps=2000, b2=0.95)),
-    # BERT-base shapes: post-norm, embedding norm, exact GELU, MLM decoder tied to the embedding.
+    # BERT-base (BertForPreTraining): post-norm, embedding norm, exact GELU, MLM decoder tied to the embedding,
+    # two segment types, next-sentence prediction on the pooled [CLS].
     "bert-base": _preset(
         model=dict(vocab_size=30522, n_layer=12, d_model=768, n_heads=12, max_seq_len=512, post_norm=True,
-                   embed_norm=True, gelu_approximate=False, norm_eps=1e-12, dropout=0.1),
-        objective=dict(kind="mlm"),
+                   embed_norm=True, gelu_approximate=False, norm_eps=1e-12, dropout=0.1, type_vocab_size=2),
+        objective=dict(kind="mlm", pair_task="nsp"),
         data=dict(tokenizer="unigram", vocab_size=30522),
         train=dict(steps=1000000, batch_size=256, seq_len=512),
         optimizer=dict(lr=1e-4, warmup_steps=10000, b2=0.999, weight_decay=0.01)),
@@ -223,6 +241,16 @@ PRESETS: dict[str, Config] = {
         data=dict(tokenizer="unigram", vocab_size=30522),
         train=dict(steps=100000, batch_size=4096, grad_accum=64, seq_len=512),
         optimizer=dict(lr=5e-4, warmup_steps=5000, b2=0.98, eps=1e-6, weight_decay=0.0, grad_clip=5.0)),
+    # ALBERT-base (Lan et al. 2019): BERT-base widths, 128-wide factorised embeddings, every layer shared,
+    # sentence-order prediction beside MLM; 30,000-piece vocabulary.
+    "albert-base": _preset(
+        model=dict(vocab_size=30000, n_layer=12, d_model=768, n_heads=12, max_seq_len=512, post_norm=True,
+                   embed_norm=True, gelu_approximate=True, norm_eps=1e-12, dropout=0.0, type_vocab_size=2,
+                   embed_dim=128, share_layers="all"),
+        objective=dict(kind="mlm", pair_task="sop"),
+        data=dict(tokenizer="unigram", vocab_size=30000),
+        train=dict(steps=125000, batch_size=4096, seq_len=512),
+        optimizer=dict(lr=1.76e-3, warmup_steps=3125, b2=0.999, weight_decay=0.01)),
     # GPT-3 175B: for parameter / FLOP accounting only.
     "gpt3-175b": _preset(
         model=dict(vocab_size=50257, n_layer=96, d_model=12288, n_heads=96, max_seq_len=2048),
@@ -356,7 +384,10 @@ def validate(cfg: Config, n_devices: int | None = None) -> None:
                "model.attention_impl": (m.attention_impl, attention_kernels.IMPLS),
                "objective.kind": (o.kind, tuple(OBJECTIVES)),
                "data.tokenizer": (d.tokenizer, ("char", "byte", "bpe", "unigram", "word", "hf")),
-               "train.on_nonfinite": (t.on_nonfinite, ("stop", "skip"))}
+               "train.on_nonfinite": (t.on_nonfinite, ("stop", "skip")),
+               "model.share_layers": (m.share_layers, SHARE_LAYERS),
+               "objective.pair_task": (o.pair_task, PAIR_TASKS),
+               "objective.pair_documents": (o.pair_documents, ("source", "paragraphs"))}
     for key, (value, allowed) in choices.items():
         _check(value in allowed, f"Bad value {value!r} for {key}: choose one of {', '.join(allowed)}.")
     attention_kernels.check(m.attention_impl, window=m.window, segment_ids=d.packing)
@@ -393,6 +424,14 @@ def validate(cfg: Config, n_devices: int | None = None) -> None:
     _check(m.window >= 0 and m.global_every >= 0, "model.window and model.global_every must be >= 0.")
     _check(0.0 <= m.dropout < 1.0, f"Bad value {m.dropout} for model.dropout: it must be in [0, 1).")
     _check(m.mlp_ratio > 0, f"Bad value {m.mlp_ratio} for model.mlp_ratio: it must be positive.")
+    _check(m.type_vocab_size >= 0 and m.embed_dim >= 0,
+           "model.type_vocab_size and model.embed_dim must be >= 0 (0: no segment embeddings / no factorisation).")
+    _check(m.share_layers == "none" or not (m.window and m.global_every),
+           f"model.share_layers={m.share_layers} runs one attention in every layer, but model.global_every="
+           f"{m.global_every} gives the layers different windows: set model.global_every=0 or model.share_layers=none.")
+    _check(m.share_layers in ("none", "attention") or not (m.n_experts and m.moe_every > 1),
+           f"model.share_layers={m.share_layers} runs one MLP in every layer, but model.moe_every={m.moe_every} "
+           f"mixes dense and MoE layers: set model.moe_every=1 or model.share_layers=none or attention.")
     if m.n_experts:
         _check(1 <= m.moe_top_k <= m.n_experts,
                f"model.moe_top_k={m.moe_top_k} must be between 1 and model.n_experts={m.n_experts}.")

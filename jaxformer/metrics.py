@@ -25,7 +25,7 @@ def summarize(window: list[dict], *, char_level: bool, token_level: bool = True)
     out = {k: float(np.sum([m[k] for m in host]) if k in SUMMED else np.mean([m[k] for m in host]))
            for k in host[0]}
     if token_level:
-        out.update(derived(out["loss"], char_level=char_level))
+        out.update(derived(out.get("mlm_loss", out["loss"]), char_level=char_level))  # the token-level term
     elif "n_tokens" in out:
         out["n_examples"] = out.pop("n_tokens")
     return out

@@ -34,16 +34,21 @@ from jaxformer.model import build_model
 from jaxformer.model.moe import expert_capacity
 
 # Rows of the report, in this order; the ones without parameters only cost FLOPs.
-COMPONENTS = ("embedding", "positions", "attention.q", "attention.k", "attention.v", "attention.o",
+COMPONENTS = ("embedding", "positions", "token_types", "embed_proj", "attention.q", "attention.k", "attention.v", "attention.o",
               "attention.scores", "mlp", "moe.router", "experts", "moe.dispatch", "norms", "lm_head", "mlm_head",
-              "classifier")
-HEADS = ("lm_head", "mlm_head", "classifier")
+              "classifier", "pooler", "pair_head")
+HEADS = ("lm_head", "mlm_head", "classifier", "pair_head")  # the pooler is backbone, as in HF BertModel
 _NORMS = ("embed_norm", "attn_norm", "mlp_norm", "final_norm")
 _HEAD_KEYS = {"lm_head": "lm_head", "mlm_transform": "mlm_head", "mlm_norm": "mlm_head", "mlm_bias": "mlm_head",
-              "classifier": "classifier"}
+              "classifier": "classifier", "pooler": "pooler", "pair_head": "pair_head",
+              "type_embed": "token_types", "embed_proj": "embed_proj"}
+# model.share_layers -> the block parts that one module object serves in every layer
+_SHARED_PARTS = {"all": {"attn", "attn_norm", "mlp", "mlp_norm"}, "attention": {"attn", "attn_norm"},
+                 "mlp": {"mlp", "mlp_norm"}, "none": set()}
 
-# Hugging Face `BertModel` (the published 110M) has two pieces jaxformer's encoder does not: token-type
-# (segment) embeddings for 2 segments and the pooler (a d x d dense + bias on [CLS]); it has no MLM head.
+# Hugging Face `BertModel` (the published 110M) has token-type (segment) embeddings for 2 segments and the pooler
+# (a d x d dense + bias on [CLS]), and no MLM head; jaxformer's encoder has them only with model.type_vocab_size
+# and a pair task (objective.pair_task).
 BERT_TYPE_VOCAB = 2
 
 
@@ -89,7 +94,7 @@ def _predicted_fraction(cfg: config_lib.Config, head: str) -> tuple[float, float
         from jaxformer.objectives.mlm import n_mask_slots
 
         return n_mask_slots(cfg.objective.mask_rate, t) / t, cfg.objective.mask_rate
-    if head == "classifier":
+    if head in ("classifier", "pair_head"):
         return 1 / t, 1 / t  # one pooled vector per sequence
     return 1.0, 1.0
 
@@ -113,8 +118,10 @@ def count(cfg: config_lib.Config) -> dict:
     matrices, matrix_weights = 0, 0
 
     # Layers repeat with the period of the MoE pattern, so one period of blocks has every parameter shape; tracing
-    # all of GPT-3's 96 blocks would take tens of seconds (the trace's cost grows with its square).
-    period = min(m.moe_every if m.n_experts else 1, m.n_layer)
+    # all of GPT-3's 96 blocks would take tens of seconds (the trace's cost grows with its square). With shared
+    # layers the whole stack is traced: the state then holds each shared part once (under the first block).
+    period = min(m.moe_every if m.n_experts else 1, m.n_layer) if m.share_layers == "none" else m.n_layer
+    shared_parts = _SHARED_PARTS[m.share_layers]
     abstract = nnx.eval_shape(lambda: build_model(replace(cfg, model=replace(m, n_layer=period))))
     for path, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(abstract, nnx.Param))[0]:
         keys = _keys(path)
@@ -123,7 +130,10 @@ def count(cfg: config_lib.Config) -> dict:
         layers = len(range(keys[1], m.n_layer, period)) if keys[0] == "blocks" else 1
         size = math.prod(leaf.shape) * layers
         params[name] += size
-        if keys[-1] in ("bias", "scale", "mlm_bias") or name in ("embedding", "positions", "norms", "lm_head"):
+        if keys[0] == "blocks" and keys[2] in shared_parts:  # one copy, run by every layer
+            size = math.prod(leaf.shape) * m.n_layer
+        if keys[-1] in ("bias", "scale", "mlm_bias") or name in ("embedding", "positions", "token_types", "norms",
+                                                                      "lm_head"):
             continue  # elementwise, a gather, or (lm_head) counted once below from the config
         if name == "experts":  # [E, d, f] or [E, f, d]: top_k experts per token ideally, E x capacity slots run
             executed[name] += 2 * size * capacity / t
@@ -131,7 +141,8 @@ def count(cfg: config_lib.Config) -> dict:
             matrices, matrix_weights = matrices + leaf.shape[0] * layers, matrix_weights + size
             continue
         per_token = 2 * size
-        fraction = (executed_fraction, ideal_fraction) if name in HEADS else (1.0, 1.0)
+        fraction = ((executed_fraction, ideal_fraction) if name in ("lm_head", "mlm_head", "classifier")
+                    else (1 / t, 1 / t) if name in ("pooler", "pair_head") else (1.0, 1.0))
         executed[name] += per_token * fraction[0]
         ideal[name] += per_token * fraction[1]
         # Walk-through convention: one matrix per query/key/value head, one per other kernel.
@@ -139,12 +150,15 @@ def count(cfg: config_lib.Config) -> dict:
         matrices += per_leaf * layers
         matrix_weights += size
 
-    vocab_projection = 2 * m.d_model * m.vocab_size
+    e = m.embed_dim or m.d_model
+    vocab_projection = 2 * e * m.vocab_size  # from the embedding width (the MLM head's dense ends at width E)
+    if head == "lm" and e != m.d_model:
+        vocab_projection += 2 * m.d_model * e  # back through the tied embedding projection first
     if head in ("lm", "mlm"):
         executed["lm_head"] = vocab_projection * executed_fraction
         ideal["lm_head"] = vocab_projection * ideal_fraction
     matrices += 2  # the embedding and the unembedding (counted as its own matrix even when tied)
-    matrix_weights += 2 * m.vocab_size * m.d_model
+    matrix_weights += 2 * m.vocab_size * e
 
     d_attn = m.n_heads * m.head_dim
     for layer in range(m.n_layer):
@@ -182,14 +196,21 @@ def count(cfg: config_lib.Config) -> dict:
         "weight_matrices": {"matrices": matrices, "weights": matrix_weights},
     }
     if not objective.causal:
-        report["bertmodel_convention"] = bert_model_convention(report, m.d_model)
+        report["bertmodel_convention"] = bert_model_convention(report, m.d_model, has_types=m.type_vocab_size > 0,
+                                                               has_pooler=params["pooler"] > 0)
     return report
 
 
-def bert_model_convention(report: dict, d_model: int) -> dict:
-    """The count Hugging Face `BertModel` would give an encoder of these shapes: our backbone (no head) plus two
-    pieces this model does NOT have, listed separately so nobody mistakes them for ours."""
-    added = {"token_type_embeddings": BERT_TYPE_VOCAB * d_model, "pooler": d_model * d_model + d_model}
+def bert_model_convention(report: dict, d_model: int, *, has_types: bool = False, has_pooler: bool = False
+                          ) -> dict:
+    """The count Hugging Face `BertModel` (or `AlbertModel`) would give an encoder of these shapes: our backbone
+    (no heads) plus the pieces this model does NOT have (token types, pooler), listed separately so nobody mistakes
+    them for ours."""
+    added = {}
+    if not has_types:
+        added["token_type_embeddings"] = BERT_TYPE_VOCAB * d_model
+    if not has_pooler:
+        added["pooler"] = d_model * d_model + d_model
     return {"params": report["backbone"] + sum(added.values()), "backbone": report["backbone"],
             "not_in_this_model": added}
 
@@ -221,5 +242,5 @@ def print_table(counts: dict) -> None:
     if "bertmodel_convention" in counts:
         bert = counts["bertmodel_convention"]
         extra = ", ".join(f"{k} {v:,}" for k, v in bert["not_in_this_model"].items())
-        console.print(f"Hugging Face BertModel convention: {bert['params']:,} = backbone {bert['backbone']:,} "
-                      f"+ pieces this model does not have ({extra})")
+        added = f" + pieces this model does not have ({extra})" if extra else " (token types and pooler included)"
+        console.print(f"Hugging Face BertModel convention: {bert['params']:,} = backbone {bert['backbone']:,}{added}")

@@ -125,7 +125,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainSta
     rng_objective, rng_dropout = jax.random.split(rng)
     # The objective sees the whole batch at once, so accumulation changes nothing about the masks drawn.
     ex = objective.prepare(batch, rng_objective)
-    n_total = jnp.maximum(ex["weights"].sum(), 1.0)
+    counts = objective.counts(ex)  # global-batch normalisers, so micro-batch losses add up to the batch's
     k = cfg.train.grad_accum
     aux_weight = cfg.model.moe_aux_weight if cfg.model.n_experts else 0.0
     teacher = {} if state.teacher is None else {"teacher": state.teacher}
@@ -136,7 +136,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainSta
         model = nnx.merge(state.graphdef, params)
         rng_ = micro_rng if cfg.model.dropout > 0 else None
         loss_sum, stats = objective.loss_sums(model, micro, rng=rng_, **teacher)
-        return loss_sum / n_total + aux_weight * stats["aux"] / k, (loss_sum, stats)
+        return objective.total_loss(loss_sum, stats, counts) + aux_weight * stats["aux"] / k, (loss_sum, stats)
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
     if k == 1:
@@ -162,13 +162,13 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainSta
     # Keep the last good values: the select fuses into the elementwise update, no extra pass over memory.
     params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                                      (params, opt_state), (state.params, state.opt_state))
-    metrics = {"loss": loss_sum / n_total, "accuracy": stats["correct"] / n_total, "n_tokens": stats["n_tokens"],
+    metrics = {**objective.step_metrics(loss_sum, stats, counts), "n_tokens": stats["n_tokens"],
                "grad_norm": grad_norm, "skipped": 1.0 - finite.astype(jnp.float32),
                "lr": lr_schedule(cfg.optimizer, cfg.train.steps)(state.step)}
     if cfg.model.n_experts:
         metrics["moe_aux"] = stats["aux"] / k
     # An objective's separate loss terms, per predicted token (distillation: its `loss` is the hard loss alone).
-    metrics.update({name: value / n_total for name, value in stats.get("terms", {}).items()})
+    metrics.update({name: value / counts["n_tokens"] for name, value in stats.get("terms", {}).items()})
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
@@ -177,7 +177,7 @@ def eval_step(state: TrainState, batch: dict, rng: jax.Array) -> dict:
     objective = objectives.for_config(state.cfg)
     ex = objective.prepare(batch, rng)
     loss_sum, stats = objective.loss_sums(state.model(), ex, rng=None)
-    return {"loss_sum": loss_sum, "correct": stats["correct"], "n_tokens": stats["n_tokens"]}
+    return {"loss_sum": loss_sum, **{key: value for key, value in stats.items() if key != "aux"}}
 
 
 def compile_train_step(shardings: TrainState, mesh: Mesh):

@@ -22,6 +22,7 @@ from jaxformer import config as config_lib
 from jaxformer import metrics as metrics_lib
 from jaxformer import parallel, rundir, train
 from jaxformer.checkpoint import Checkpointer
+from jaxformer.data import pairs
 from jaxformer.data.batching import batch_at, eval_batches, global_batch
 from jaxformer.data.tokenizers import SpecialIds
 from jaxformer.errors import NonFiniteError
@@ -31,7 +32,16 @@ log = logging.getLogger(__name__)
 EVAL_MASK_SEED = 1234  # MLM eval masks are drawn from this fixed seed so eval losses compare across runs
 
 
-def make_batch(cfg: config_lib.Config, tokens: np.ndarray, step: int, mesh) -> dict:
+def make_batch(cfg: config_lib.Config, tokens: np.ndarray, step: int, mesh,
+               docs: pairs.Documents | None = None) -> dict:
+    """The global batch of `step`: windows of the token stream, or sentence pairs cut from `docs` when the
+    objective has a pair task."""
+    if cfg.objective.pair_task:
+        local = pairs.pair_batch_at(tokens, docs, task=cfg.objective.pair_task, batch_size=cfg.train.batch_size,
+                                    seq_len=cfg.train.seq_len, seed=cfg.train.seed, step=step,
+                                    specials=SpecialIds.parse(cfg.data.special_ids),
+                                    process_index=jax.process_index(), process_count=jax.process_count())
+        return global_batch(local, parallel.batch_sharding(mesh, ndim=1))
     local = batch_at(tokens, batch_size=cfg.train.batch_size, seq_len=cfg.train.seq_len, seed=cfg.train.seed,
                      step=step, process_index=jax.process_index(), process_count=jax.process_count(),
                      packing=cfg.data.packing, eos_id=_document_separator(cfg))
@@ -43,20 +53,36 @@ def _document_separator(cfg: config_lib.Config) -> int:
     return SpecialIds.parse(cfg.data.special_ids).eos
 
 
+def pair_documents(run: Run, split: str) -> pairs.Documents:
+    """The documents that sentence pairs of a split are cut from (objective.pair_documents), checked."""
+    cfg = run.cfg
+    docs = pairs.documents(run.corpus.split(split), SpecialIds.parse(cfg.data.special_ids),
+                           paragraphs=cfg.objective.pair_documents == "paragraphs", tokenizer=run.tokenizer)
+    pairs.check_documents(docs, cfg.objective.pair_task, f"the {split} split of data.source={cfg.data.source}")
+    return docs
+
+
 def evaluate(run: Run, eval_fn=None, *, split: str = "valid", n_batches: int | None = None) -> dict:
-    """Loss, accuracy, perplexity (and bits per character) over fixed batches of a split."""
+    """Loss, accuracy, perplexity (and bits per character) over fixed batches of a split (with a pair task: also
+    the MLM and pair losses and the pair accuracy, over fixed pair batches)."""
     cfg = run.cfg
     eval_fn = eval_fn or train.compile_eval_step(run.shardings, run.mesh)
     n_batches = n_batches or cfg.train.eval_batches
-    batches = eval_batches(run.corpus.split(split), batch_size=cfg.train.batch_size, seq_len=cfg.train.seq_len,
-                           n_batches=n_batches, process_index=jax.process_index(),
-                           process_count=jax.process_count(), packing=cfg.data.packing,
-                           eos_id=_document_separator(cfg))
+    if cfg.objective.pair_task:
+        batches = pairs.pair_eval_batches(
+            run.corpus.split(split), pair_documents(run, split), task=cfg.objective.pair_task,
+            batch_size=cfg.train.batch_size, seq_len=cfg.train.seq_len, n_batches=n_batches,
+            specials=SpecialIds.parse(cfg.data.special_ids), process_index=jax.process_index(),
+            process_count=jax.process_count())
+    else:
+        batches = eval_batches(run.corpus.split(split), batch_size=cfg.train.batch_size, seq_len=cfg.train.seq_len,
+                               n_batches=n_batches, process_index=jax.process_index(),
+                               process_count=jax.process_count(), packing=cfg.data.packing,
+                               eos_id=_document_separator(cfg))
     totals = eval_totals(run, batches, eval_fn)
-    n = max(totals["n_tokens"], 1.0)
-    loss = totals["loss_sum"] / n
-    return {"loss": loss, "accuracy": totals["correct"] / n, "n_tokens": int(totals["n_tokens"]),
-            **metrics_lib.derived(loss, char_level=run.tokenizer.char_level)}
+    out = run.objective.eval_metrics(totals)
+    return {**out, "n_tokens": int(totals["n_tokens"]),
+            **metrics_lib.derived(out.get("mlm_loss", out["loss"]), char_level=run.tokenizer.char_level)}
 
 
 def eval_totals(run: Run, local_batches, eval_fn) -> dict[str, float]:
@@ -105,7 +131,8 @@ def train_loop(cfg: config_lib.Config, workdir: str | Path, *, show_progress: bo
         run = open_run(workdir, cfg, extend=extend, show_progress=show_progress)
         run.write_run_files()
         eval_fn = train.compile_eval_step(run.shardings, run.mesh)
-        return fit(run, batch_at=lambda step: make_batch(run.cfg, run.corpus.train, step, run.mesh),
+        docs = pair_documents(run, "train") if run.cfg.objective.pair_task else None
+        return fit(run, batch_at=lambda step: make_batch(run.cfg, run.corpus.train, step, run.mesh, docs),
                    evaluate_state=lambda state: evaluate(replace(run, state=state), eval_fn),
                    show_progress=show_progress, stop_after=stop_after)
 

@@ -45,8 +45,9 @@ def test_gpt2_small_published_total():
 
 def test_bert_base_bertmodel_convention():
     """Hugging Face BertModel (109,482,240) = our encoder without its MLM head + token-type embeddings (2 x 768)
-    + pooler (768 x 768 + 768): two pieces this model does not have, added here by hand, not by the model."""
-    counts = report("bert-base")
+    + pooler (768 x 768 + 768): two pieces a model without segment types and pair task does not have, added here
+    by hand, not by the model. (bert-base itself has both: tests/test_pairs.py.)"""
+    counts = report("bert-base", "model.type_vocab_size=0", "objective.pair_task=")
     heads = counts["by_component"]["mlm_head"]
     assert heads == 768 * 768 + 768 + 2 * 768 + 30522  # transform, its norm, the output bias (decoder is tied)
     backbone = counts["total"] - heads

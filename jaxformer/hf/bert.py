@@ -3,7 +3,8 @@
 BERT uses `nn.Linear`, whose weight is [out, in]: transposed to and from jaxformer's [in, out] kernels. Its
 token-type embedding is folded into the position table on import (type 0 for every token, as HF does when no
 `token_type_ids` are passed); export writes the positions as they are and zero token-type rows, the same
-function.
+function. `to_jaxformer` can also fill a model that has segment embeddings and the NSP head (BertForPreTraining's
+weights; tests/test_pairs.py checks its logits against HF), but `import-hf` still builds the folded MLM model.
 """
 
 from __future__ import annotations
@@ -39,11 +40,16 @@ def model_settings(hf: dict, tied: bool) -> dict:
                 init_std=hf.get("initializer_range", 0.02))
 
 
-def to_jaxformer(t: dict[str, np.ndarray], m: ModelConfig) -> dict[str, np.ndarray]:
-    """jaxformer parameter path -> value, from BertForMaskedLM tensor names (`bert.` prefix stripped)."""
+def to_jaxformer(t: dict[str, np.ndarray], m: ModelConfig, *, pair_head: bool = False) -> dict[str, np.ndarray]:
+    """jaxformer parameter path -> value, from BertForMaskedLM tensor names (`bert.` prefix stripped).
+
+    A model with `model.type_vocab_size` gets the token-type table itself (else row 0 is folded into the
+    positions); `pair_head` (a model with objective.pair_task=nsp) maps BertForPreTraining's pooler and
+    next-sentence head too."""
     d = m.d_model
+    types = t[_E + "token_type_embeddings.weight"]
     out = {"embed": t[_E + "word_embeddings.weight"],
-           "pos_embed": t[_E + "position_embeddings.weight"] + t[_E + "token_type_embeddings.weight"][0],
+           "pos_embed": t[_E + "position_embeddings.weight"] + (0 if m.type_vocab_size else types[0]),
            "embed_norm.scale": t[_E + "LayerNorm.weight"], "embed_norm.bias": t[_E + "LayerNorm.bias"],
            "mlm_transform.kernel": t[_P + "transform.dense.weight"].T,
            "mlm_transform.bias": t[_P + "transform.dense.bias"],
@@ -51,6 +57,12 @@ def to_jaxformer(t: dict[str, np.ndarray], m: ModelConfig) -> dict[str, np.ndarr
            "mlm_bias": t[_P + "bias"] if _P + "bias" in t else t[_P + "decoder.bias"]}
     if not m.tie_embeddings:
         out["lm_head.kernel"] = t[HEAD].T
+    if m.type_vocab_size:  # a model with segment embeddings takes BERT's table as it is
+        out["type_embed"] = types
+    if pair_head:  # BertForPreTraining: the pooler and the next-sentence head
+        out.update({"pooler.kernel": t["pooler.dense.weight"].T, "pooler.bias": t["pooler.dense.bias"],
+                    "pair_head.kernel": t["cls.seq_relationship.weight"].T,
+                    "pair_head.bias": t["cls.seq_relationship.bias"]})
     for i in range(m.n_layer):
         h, b = f"encoder.layer.{i}.", f"blocks.{i}."
         for name, hf_name in _QKV:
@@ -78,7 +90,9 @@ def export_problems(m: ModelConfig, head: str) -> list[str]:
         ("positions other than learned", m.positions != "learned"), ("RMSNorm", m.norm != "layernorm"),
         ("a gated MLP", m.mlp != "gelu"), ("grouped KV heads", m.n_kv_heads != m.n_heads),
         ("head_dim * n_heads != d_model", m.head_dim * m.n_heads != m.d_model),
-        ("a sliding window", m.window > 0), ("mixture of experts", m.n_experts > 0)) if bad]
+        ("a sliding window", m.window > 0), ("mixture of experts", m.n_experts > 0),
+        ("factorised embeddings (model.embed_dim: that is ALBERT)", bool(m.embed_dim) and m.embed_dim != m.d_model),
+        ("layers that share parameters (model.share_layers: that is ALBERT)", m.share_layers != "none")) if bad]
 
 
 def from_jaxformer(get: Callable[[str], np.ndarray], maybe: Callable[[str, tuple], np.ndarray],
@@ -88,7 +102,7 @@ def from_jaxformer(get: Callable[[str], np.ndarray], maybe: Callable[[str, tuple
     e, p = "bert.embeddings.", "cls.predictions."
     mlm_bias = get("mlm_bias")
     t = {e + "word_embeddings.weight": get("embed"), e + "position_embeddings.weight": get("pos_embed"),
-         e + "token_type_embeddings.weight": np.zeros((2, d), np.float32),
+         e + "token_type_embeddings.weight": get("type_embed") if m.type_vocab_size else np.zeros((2, d), np.float32),
          e + "LayerNorm.weight": get("embed_norm.scale"), e + "LayerNorm.bias": maybe("embed_norm.bias", d),
          p + "transform.dense.weight": get("mlm_transform.kernel").T,
          p + "transform.dense.bias": maybe("mlm_transform.bias", d),
@@ -119,7 +133,7 @@ def hf_config(cfg: Config, *, pad_token_id: int | None) -> dict:
         "architectures": ["BertForMaskedLM"], "model_type": "bert", "vocab_size": m.vocab_size,
         "hidden_size": m.d_model, "num_hidden_layers": m.n_layer, "num_attention_heads": m.n_heads,
         "intermediate_size": mlp_hidden(m), "hidden_act": "gelu_new" if m.gelu_approximate else "gelu",
-        "max_position_embeddings": m.max_seq_len, "type_vocab_size": 2, "layer_norm_eps": m.norm_eps,
+        "max_position_embeddings": m.max_seq_len, "type_vocab_size": m.type_vocab_size or 2, "layer_norm_eps": m.norm_eps,
         "hidden_dropout_prob": m.dropout, "attention_probs_dropout_prob": m.dropout,
         "initializer_range": m.init_std, "position_embedding_type": "absolute", "is_decoder": False,
         "tie_word_embeddings": m.tie_embeddings, "pad_token_id": pad_token_id if pad_token_id is not None else 0,

@@ -64,12 +64,14 @@ class Linear(nnx.Module):
 class Norm(nnx.Module):
     """LayerNorm or RMSNorm (`model.norm`), statistics in float32."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs | None = None):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs | None = None, width: int = 0):
+        """`width`: the normalised size when it is not d_model (ALBERT's embedding-width norms)."""
         param_dtype, self.dtype = dtypes(cfg)
         self.kind, self.eps = cfg.norm, cfg.norm_eps
-        self.scale = nnx.Param(jnp.ones((cfg.d_model,), param_dtype), axes=("norm",))
+        width = width or cfg.d_model
+        self.scale = nnx.Param(jnp.ones((width,), param_dtype), axes=("norm",))
         use_bias = cfg.norm == "layernorm" and cfg.bias
-        self.bias = nnx.Param(jnp.zeros((cfg.d_model,), param_dtype), axes=("norm",)) if use_bias else None
+        self.bias = nnx.Param(jnp.zeros((width,), param_dtype), axes=("norm",)) if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)

@@ -31,14 +31,24 @@ def layer_is_moe(cfg: ModelConfig, layer: int) -> bool:
 
 
 class Block(nnx.Module):
-    """Attention + MLP (or MoE) with residuals; pre-norm by default, post-norm (BERT) with `post_norm`."""
+    """Attention + MLP (or MoE) with residuals; pre-norm by default, post-norm (BERT) with `post_norm`.
 
-    def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs):
+    `shared`: the first layer's block, whose attention (and its norm) or MLP (and its norm) this block reuses
+    when `model.share_layers` says so: the same module objects, so one copy of their parameters."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs, shared: Block | None = None):
         self.post_norm, self.rate = cfg.post_norm, cfg.dropout
-        self.attn_norm = Norm(cfg)
-        self.attn = Attention(cfg, window=layer_window(cfg, layer), rngs=rngs)
-        self.mlp_norm = Norm(cfg)
-        self.mlp = MoE(cfg, rngs=rngs) if layer_is_moe(cfg, layer) else MLP(cfg, rngs=rngs)
+        share = cfg.share_layers if shared is not None else "none"
+        if share == "attention":
+            self.attn_norm, self.attn = shared.attn_norm, shared.attn
+        else:
+            self.attn_norm = Norm(cfg)
+            self.attn = Attention(cfg, window=layer_window(cfg, layer), rngs=rngs)
+        if share == "mlp":
+            self.mlp_norm, self.mlp = shared.mlp_norm, shared.mlp
+        else:
+            self.mlp_norm = Norm(cfg)
+            self.mlp = MoE(cfg, rngs=rngs) if layer_is_moe(cfg, layer) else MLP(cfg, rngs=rngs)
 
     def __call__(self, x_BxTxD, positions_BxT, *, causal: bool, segment_ids_BxT=None, cache=None, rng=None):
         rng_attn, rng_mlp = jax.random.split(rng) if rng is not None else (None, None)
@@ -56,37 +66,63 @@ class Block(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, mlm_head: bool = False, n_classes: int = 0, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, mlm_head: bool = False, n_classes: int = 0, pair_head: bool = False,
+                 rngs: nnx.Rngs):
         param_dtype, self.dtype = dtypes(cfg)
         self.cfg = cfg
+        d, e = cfg.d_model, embed_width(cfg)
+        # The embedding width's logical axis: d_model's ("embed"), or ALBERT's narrower "embed_factor".
+        ew = "embed" if e == d else "embed_factor"
         normal = jax.nn.initializers.normal(cfg.init_std)
-        self.embed = nnx.Param(normal(rngs.params(), (cfg.vocab_size, cfg.d_model), param_dtype),
-                               axes=("vocab", "embed"))
-        self.pos_embed = nnx.Param(normal(rngs.params(), (cfg.max_seq_len, cfg.d_model), param_dtype),
-                                   axes=(None, "embed")) if cfg.positions == "learned" else None
-        self.embed_norm = Norm(cfg) if cfg.embed_norm else None
-        self.blocks = nnx.List([Block(cfg, i, rngs=rngs) for i in range(cfg.n_layer)])
+        self.embed = nnx.Param(normal(rngs.params(), (cfg.vocab_size, e), param_dtype), axes=("vocab", ew))
+        self.pos_embed = nnx.Param(normal(rngs.params(), (cfg.max_seq_len, e), param_dtype),
+                                   axes=(None, ew)) if cfg.positions == "learned" else None
+        self.type_embed = nnx.Param(normal(rngs.params(), (cfg.type_vocab_size, e), param_dtype),
+                                    axes=(None, ew)) if cfg.type_vocab_size else None
+        self.embed_norm = Norm(cfg, width=e) if cfg.embed_norm else None
+        # ALBERT: embeddings of width E < D, projected up once before the first block.
+        self.embed_proj = Linear("...e,ed->...d", (e, d), (ew, "embed"), bias_shape=(d,), bias_axes=("norm",),
+                                 cfg=cfg, rngs=rngs) if e != d else None
+        first = Block(cfg, 0, rngs=rngs)
+        if cfg.share_layers == "all":  # one block object run n_layer times
+            blocks = [first] * cfg.n_layer
+        else:
+            shared = first if cfg.share_layers != "none" else None
+            blocks = [first] + [Block(cfg, i, rngs=rngs, shared=shared) for i in range(1, cfg.n_layer)]
+        self.blocks = nnx.List(blocks)
         self.final_norm = None if cfg.post_norm else Norm(cfg)  # post-norm blocks already end normalised
         self.lm_head = None if cfg.tie_embeddings else Linear(
-            "...d,dv->...v", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg=cfg, rngs=rngs)
+            "...e,ev->...v", (e, cfg.vocab_size), (ew, "vocab"), cfg=cfg, rngs=rngs)
         if mlm_head:  # BERT: dense + activation + norm, then the (tied) vocabulary projection plus a bias
-            self.mlm_transform = Linear("...d,de->...e", (cfg.d_model, cfg.d_model), ("embed", "mlp"),
-                                        bias_shape=(cfg.d_model,), bias_axes=("norm",), cfg=cfg, rngs=rngs)
-            self.mlm_norm = Norm(cfg)
+            # (ALBERT: the dense maps D to the embedding width E, so the tied E-wide table projects it)
+            self.mlm_transform = Linear("...d,de->...e", (d, e), ("embed", "mlp" if e == d else ew),
+                                        bias_shape=(e,), bias_axes=("norm",), cfg=cfg, rngs=rngs)
+            self.mlm_norm = Norm(cfg, width=e)
             self.mlm_bias = nnx.Param(jnp.zeros((cfg.vocab_size,), param_dtype), axes=("vocab",))
         else:
             self.mlm_transform = self.mlm_norm = self.mlm_bias = None
         # Sequence classification (fine-tuning): pooled hidden state [B, D] -> class logits [B, n_classes].
         # Created last, so the other parameters draw the same initial values with or without it.
-        self.classifier = Linear("...d,dc->...c", (cfg.d_model, n_classes), ("embed", None), bias_shape=(n_classes,),
+        self.classifier = Linear("...d,dc->...c", (d, n_classes), ("embed", None), bias_shape=(n_classes,),
                                  bias_axes=(None,), cfg=cfg, rngs=rngs) if n_classes else None
+        # Sentence-pair pretraining (NSP / SOP): BERT's pooler (dense + tanh on [CLS]) and a 2-way linear.
+        if pair_head:
+            self.pooler = Linear("...d,de->...e", (d, d), ("embed", "mlp"), bias_shape=(d,), bias_axes=("norm",),
+                                 cfg=cfg, rngs=rngs)
+            self.pair_head = Linear("...d,dc->...c", (d, 2), ("embed", None), bias_shape=(2,), bias_axes=(None,),
+                                    cfg=cfg, rngs=rngs)
+        else:
+            self.pooler = self.pair_head = None
 
     def __call__(self, tokens_BxT: jax.Array, *, causal: bool, positions_BxT: jax.Array | None = None,
                  segment_ids_BxT: jax.Array | None = None, rng: jax.Array | None = None,
-                 cache: list[KVCache] | None = None) -> tuple[jax.Array, jax.Array, list[KVCache] | None]:
+                 cache: list[KVCache] | None = None, token_types_BxT: jax.Array | None = None
+                 ) -> tuple[jax.Array, jax.Array, list[KVCache] | None]:
         """Tokens -> final hidden states [B, T, D], the summed MoE auxiliary loss, and the updated KV cache.
 
         `rng=None` is deterministic (no dropout). With `cache`, the tokens are written at their positions.
+        `token_types_BxT`: segment (A/B) ids for the type embeddings; None is type 0 everywhere (as in BERT).
+        `segment_ids_BxT` is something else: the packing/padding ids that limit attention.
         """
         cfg = self.cfg
         if positions_BxT is None:
@@ -95,11 +131,16 @@ class Transformer(nnx.Module):
         if cfg.positions == "learned":
             x_BxTxD = x_BxTxD + jnp.take(self.pos_embed[...], jnp.maximum(positions_BxT, 0), axis=0).astype(self.dtype)
         elif cfg.positions == "sinusoidal":
-            x_BxTxD = x_BxTxD + sinusoidal(positions_BxT, cfg.d_model).astype(self.dtype)
+            x_BxTxD = x_BxTxD + sinusoidal(positions_BxT, x_BxTxD.shape[-1]).astype(self.dtype)
+        if self.type_embed is not None:
+            types_BxT = jnp.zeros_like(tokens_BxT) if token_types_BxT is None else token_types_BxT
+            x_BxTxD = x_BxTxD + jnp.take(self.type_embed[...], types_BxT, axis=0).astype(self.dtype)
         if self.embed_norm is not None:
             x_BxTxD = self.embed_norm(x_BxTxD)
         rngs = jax.random.split(rng, cfg.n_layer + 1) if rng is not None else [None] * (cfg.n_layer + 1)
         x_BxTxD = dropout(x_BxTxD, cfg.dropout, rngs[-1])
+        if self.embed_proj is not None:
+            x_BxTxD = self.embed_proj(x_BxTxD)
 
         def run_block(block, x, positions, segment_ids, layer_cache, layer_rng):
             return block(x, positions, causal=causal, segment_ids_BxT=segment_ids, cache=layer_cache, rng=layer_rng)
@@ -119,15 +160,28 @@ class Transformer(nnx.Module):
         return x_BxTxD, aux_total, new_cache
 
     def logits(self, h_xD: jax.Array) -> jax.Array:
-        """LM head on any [..., D] hidden states -> [..., V] (tied to the embedding unless configured not)."""
+        """LM head on any [..., D] hidden states -> [..., V] (tied to the embedding unless configured not).
+        With factorised embeddings the states go back to width E through the transposed projection first (tied
+        to it as the vocabulary matrix is tied to the table)."""
+        if self.embed_proj is not None:
+            h_xD = jnp.einsum("...d,ed->...e", h_xD.astype(self.dtype), self.embed_proj.kernel[...].astype(self.dtype))
+        return self.vocab_logits(h_xD)
+
+    def vocab_logits(self, h_xE: jax.Array) -> jax.Array:
+        """The vocabulary projection of embedding-width [..., E] vectors (E = D unless factorised)."""
         if self.lm_head is not None:
-            return self.lm_head(h_xD)
-        return jnp.einsum("...d,vd->...v", h_xD.astype(self.dtype), self.embed[...].astype(self.dtype))
+            return self.lm_head(h_xE)
+        return jnp.einsum("...e,ve->...v", h_xE.astype(self.dtype), self.embed[...].astype(self.dtype))
 
     def mlm_logits(self, h_xD: jax.Array) -> jax.Array:
-        """BERT's MLM head on [..., D] hidden states (call it on the masked positions only)."""
+        """BERT's MLM head on [..., D] hidden states (call it on the masked positions only); ALBERT's when the
+        embeddings are factorised (its dense maps to width E)."""
         h = activation("gelu", self.cfg.gelu_approximate)(self.mlm_transform(h_xD))
-        return self.logits(self.mlm_norm(h)) + self.mlm_bias[...].astype(self.dtype)
+        return self.vocab_logits(self.mlm_norm(h)) + self.mlm_bias[...].astype(self.dtype)
+
+    def pair_logits(self, cls_BxD: jax.Array) -> jax.Array:
+        """The sentence-pair head on the [CLS] hidden states: pooler (dense + tanh), then 2 logits [B, 2]."""
+        return self.pair_head(jnp.tanh(self.pooler(cls_BxD)))
 
     def classify(self, pooled_BxD: jax.Array) -> jax.Array:
         """The classifier head on pooled [B, D] hidden states -> [B, n_classes] logits."""
@@ -142,4 +196,9 @@ def build_model(cfg: Config, seed: int = 0) -> Transformer:
     its objective trains."""
     head = objectives.for_config(cfg).head
     return Transformer(cfg.model, mlm_head=head == "mlm", n_classes=cfg.objective.n_classes if head == "classifier"
-                       else 0, rngs=nnx.Rngs(seed))
+                       else 0, pair_head=head == "mlm" and bool(cfg.objective.pair_task), rngs=nnx.Rngs(seed))
+
+
+def embed_width(cfg: ModelConfig) -> int:
+    """E: the width of the embedding tables (ALBERT's factorisation), d_model unless model.embed_dim is set."""
+    return cfg.embed_dim or cfg.d_model

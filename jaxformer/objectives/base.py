@@ -38,6 +38,7 @@ class Objective:
     abilities: ClassVar[frozenset[str]] = frozenset()  # what a trained run supports: "sample", "fill-mask", "predict"
     token_level: ClassVar[bool] = True  # one prediction per token (perplexity/bpc mean something), else per example
     reads_corpus: ClassVar[bool] = True  # trains on the corpus `cfg.data` names; False: brings its own examples
+    pair_tasks: ClassVar[bool] = False  # whether objective.pair_task (NSP / SOP) can train beside it
 
     @classmethod
     def resolve_config(cls, o: ObjectiveConfig) -> ObjectiveConfig:
@@ -49,6 +50,9 @@ class Objective:
         """Raise UserError for settings this kind cannot use (config.validate calls it)."""
         if cfg.objective.linear_probe:
             raise UserError("objective.linear_probe applies to fine-tuning only (objective.kind=classify).")
+        if cfg.objective.pair_task and not cls.pair_tasks:
+            raise UserError(f"objective.pair_task={cfg.objective.pair_task} trains beside masked-LM pretraining only: "
+                            f"use objective.kind=mlm, or leave objective.pair_task empty.")
         if cfg.train.early_stop_patience:
             raise UserError("train.early_stop_patience applies to fine-tuning only (objective.kind=classify): leave "
                             "it at 0.")
@@ -89,24 +93,56 @@ class Objective:
         article = "an" if self.family[0] in "aeiou" else "a"
         return f"{article} {self.family} run with objective.kind={self.kind}"
 
+    def forward(self, model, ex: dict, *, rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """The model's final hidden states [B, T, D] on `ex`'s inputs, and the MoE auxiliary loss."""
+        hidden_BxTxD, aux, _ = model(ex["inputs"], causal=self.causal, positions_BxT=ex.get("positions"),
+                                     segment_ids_BxT=ex.get("segment_ids"), token_types_BxT=ex.get("token_types"),
+                                     rng=rng)
+        return hidden_BxTxD, aux
+
     def logits(self, model, ex: dict, *, rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """float32 logits at the predicted slots of `ex` (the forward pass), and the MoE auxiliary loss."""
-        hidden_BxTxD, aux, _ = model(ex["inputs"], causal=self.causal, positions_BxT=ex.get("positions"),
-                                     segment_ids_BxT=ex.get("segment_ids"), rng=rng)
+        hidden_BxTxD, aux = self.forward(model, ex, rng=rng)
         return self.scores(model, hidden_BxTxD, ex).astype(jnp.float32), aux
 
     def loss_sums(self, model, ex: dict, *, rng: jax.Array | None) -> tuple[jax.Array, dict]:
         """Summed cross-entropy over weighted predictions, plus sums for accuracy and the MoE auxiliary loss."""
         chunk = model.cfg.xent_chunk
         if chunk and self.head in ("lm", "mlm"):  # vocabulary heads: never all [P, V] logits at once
-            hidden_BxTxD, aux, _ = model(ex["inputs"], causal=self.causal, positions_BxT=ex.get("positions"),
-                                         segment_ids_BxT=ex.get("segment_ids"), rng=rng)
+            hidden_BxTxD, aux = self.forward(model, ex, rng=rng)
             h_BxPxD = self.slot_hidden(hidden_BxTxD, ex)
             xent_sum, correct_sum = chunked_xent_sums(
                 lambda h_KxD: self.head_logits(model, h_KxD), h_BxPxD.reshape(-1, h_BxPxD.shape[-1]),
                 ex["targets"].reshape(-1), ex["weights"].reshape(-1), chunk)
             return xent_sum, {"correct": correct_sum, "n_tokens": jnp.sum(ex["weights"]), "aux": aux}
         logits, aux = self.logits(model, ex, rng=rng)
+        return self.prediction_sums(logits, ex, aux)
+
+    # How the step turns the sums of `loss_sums` into its loss and metrics. Sums are over a micro-batch, the
+    # counts (`counts`, taken from the whole batch before it is split) over the global batch, so gradient
+    # accumulation adds the micro-batches' losses up to exactly the full batch's.
+
+    def counts(self, ex: dict) -> dict:
+        """Global-batch normalisers of the loss terms."""
+        return {"n_tokens": jnp.maximum(ex["weights"].sum(), 1.0)}
+
+    def total_loss(self, loss_sum: jax.Array, stats: dict, counts: dict) -> jax.Array:
+        """The loss that is differentiated (without the MoE auxiliary term, which the step adds)."""
+        return loss_sum / counts["n_tokens"]
+
+    def step_metrics(self, loss_sum: jax.Array, stats: dict, counts: dict) -> dict:
+        """`loss` (what is minimised) and `accuracy`, plus any per-term figures of this objective."""
+        return {"loss": loss_sum / counts["n_tokens"], "accuracy": stats["correct"] / counts["n_tokens"]}
+
+    def eval_metrics(self, totals: dict) -> dict:
+        """`step_metrics` from the summed `loss_sums` of whole evaluation batches (host floats)."""
+        n = max(totals["n_tokens"], 1.0)
+        return {"loss": totals["loss_sum"] / n, "accuracy": totals["correct"] / n}
+
+    @staticmethod
+    def prediction_sums(logits: jax.Array, ex: dict, aux: jax.Array) -> tuple[jax.Array, dict]:
+        """Summed cross-entropy of float32 `logits` against ex["targets"] under ex["weights"], and the sums for
+        accuracy."""
         xent_sum, correct_sum = xent_sums(logits, ex["targets"], ex["weights"])
         return xent_sum, {"correct": correct_sum, "n_tokens": jnp.sum(ex["weights"]), "aux": aux}
 

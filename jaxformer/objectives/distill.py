@@ -101,8 +101,7 @@ class Distillation(Objective):
         """The weighted total (with a teacher) or the hard loss alone (without: evaluation). `stats["terms"]`
         holds each term's sum for the metrics: `loss` (hard), `distill_loss` (T^2 KL), `hidden_loss` (cosine,
         when weighted) and `total_loss` (what the gradient follows)."""
-        hidden_BxTxD, aux, _ = model(ex["inputs"], causal=self.causal, positions_BxT=ex.get("positions"),
-                                     segment_ids_BxT=ex.get("segment_ids"), rng=rng)
+        hidden_BxTxD, aux = self.forward(model, ex, rng=rng)
         logits = self.scores(model, hidden_BxTxD, ex).astype(jnp.float32)
         hard_sum, correct_sum = xent_sums(logits, ex["targets"], ex["weights"])
         stats = {"correct": correct_sum, "n_tokens": jnp.sum(ex["weights"]), "aux": aux}

@@ -1,6 +1,11 @@
 """MLM (encoder): mask `mask_rate` of the ordinary tokens (80% [MASK] / 10% random / 10% kept, configurable),
 drawn on device from the step's RNG (dynamic masking, RoBERTa style); loss on the masked positions only, whose
-hidden states alone go through the vocabulary head; bidirectional attention."""
+hidden states alone go through the vocabulary head; bidirectional attention.
+
+With `objective.pair_task` (nsp | sop) the batches are sentence pairs `[CLS] A [SEP] B [SEP]` (data/pairs.py)
+and the loss is BERT's: mean MLM loss + mean pair loss (2-way, on the pooled [CLS] state), from ONE forward pass.
+It is a setting of this kind rather than a kind of its own because everything else (masking, the MLM head,
+fill-mask, the step) is MLM's; only the batch and one extra loss term differ."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxformer.data.tokenizers import SpecialIds
 from jaxformer.errors import UserError
@@ -55,6 +61,7 @@ class MaskedLM(Objective):
     kind = "mlm"
     head = "mlm"
     abilities = frozenset({"fill-mask"})
+    pair_tasks = True
 
     @classmethod
     def validate_config(cls, cfg: Config) -> None:
@@ -68,7 +75,50 @@ class MaskedLM(Objective):
         return False
 
     def prepare(self, batch: dict, rng: jax.Array) -> dict:
-        return self.with_packing(self.mask_tokens(batch["tokens"][:, :-1], rng), batch)
+        ex = self.with_packing(self.mask_tokens(batch["tokens"][:, :-1], rng), batch)
+        if self.cfg.pair_task:  # pair rows keep the T+1 window shape of every batch; the last column is padding
+            ex.update(token_types=batch["token_types"][:, :-1], pair_labels=batch["pair_labels"])
+        return ex
+
+    def loss_sums(self, model, ex: dict, *, rng: jax.Array | None) -> tuple[jax.Array, dict]:
+        if not self.cfg.pair_task:
+            return super().loss_sums(model, ex, rng=rng)
+        hidden_BxTxD, aux = self.forward(model, ex, rng=rng)
+        mlm_sum, stats = self.prediction_sums(self.scores(model, hidden_BxTxD, ex).astype(jnp.float32), ex, aux)
+        pair_logits_Bx2 = model.pair_logits(hidden_BxTxD[:, 0]).astype(jnp.float32)  # [CLS] is position 0
+        labels_B = ex["pair_labels"]
+        xent_B = optax.softmax_cross_entropy_with_integer_labels(pair_logits_Bx2, labels_B)
+        correct_B = (jnp.argmax(pair_logits_Bx2, -1) == labels_B).astype(jnp.float32)
+        return mlm_sum, {**stats, "pair_loss_sum": xent_B.sum(), "pair_correct": correct_B.sum(),
+                         "n_pairs": jnp.asarray(labels_B.shape[0], jnp.float32)}
+
+    def counts(self, ex: dict) -> dict:
+        counts = super().counts(ex)
+        if self.cfg.pair_task:
+            counts["n_pairs"] = jnp.asarray(ex["pair_labels"].shape[0], jnp.float32)
+        return counts
+
+    def total_loss(self, loss_sum, stats, counts):
+        mlm = super().total_loss(loss_sum, stats, counts)
+        return mlm + stats["pair_loss_sum"] / counts["n_pairs"] if self.cfg.pair_task else mlm
+
+    def step_metrics(self, loss_sum, stats, counts):
+        out = super().step_metrics(loss_sum, stats, counts)
+        if self.cfg.pair_task:
+            pair = {"pair_loss": stats["pair_loss_sum"] / counts["n_pairs"],
+                    "pair_accuracy": stats["pair_correct"] / counts["n_pairs"]}
+            out = {"loss": out["loss"] + pair["pair_loss"], "mlm_loss": out["loss"], "accuracy": out["accuracy"],
+                   **pair}
+        return out
+
+    def eval_metrics(self, totals: dict) -> dict:
+        out = super().eval_metrics(totals)
+        if self.cfg.pair_task:
+            n = max(totals["n_pairs"], 1.0)
+            pair = {"pair_loss": totals["pair_loss_sum"] / n, "pair_accuracy": totals["pair_correct"] / n}
+            out = {"loss": out["loss"] + pair["pair_loss"], "mlm_loss": out["loss"], "accuracy": out["accuracy"],
+                   **pair}
+        return out
 
     def mask_tokens(self, tokens_BxT: jax.Array, rng: jax.Array) -> dict:
         """Choose round(mask_rate * n_ordinary) ordinary tokens per row, corrupt them 80/10/10.
