@@ -35,7 +35,7 @@ import jaxformer
 from experiments import results as results_lib
 from jaxformer import config as config_lib
 from jaxformer import experiments
-from jaxformer.errors import UserError
+from jaxformer.errors import EXIT_PREEMPTED, JaxformerError, UserError
 
 DEFAULT_SEEDS = (0, 1, 2)
 CURVE_POINTS = 6  # evaluations per run (train.eval_every = steps / CURVE_POINTS): the loss curve's points
@@ -50,7 +50,7 @@ SCALES: dict[str, list[str]] = {
             "optimizer.warmup_steps=15"],
     "full": ["model.n_layer=8", "model.d_model=512", "model.n_heads=8", "train.seq_len=512", "train.batch_size=64",
              "train.steps=10000", "train.log_every=100", "train.eval_batches=20", "model.dtype=bfloat16",
-             "optimizer.lr=6e-4", "optimizer.warmup_steps=500", "optimizer.b2=0.95"],
+             "optimizer.lr=6e-4", "optimizer.warmup_steps=500", "optimizer.b2=0.95", "train.checkpoint_every=1000"],
 }
 # The size grid: (n_layer, d_model, n_heads) per scale, smallest first.
 SIZES: dict[str, dict[str, tuple[int, int, int]]] = {
@@ -148,6 +148,10 @@ GRIDS: dict[str, Grid] = {
 }
 
 
+class Preempted(Exception):
+    """SIGTERM / Ctrl-C stopped a cell after its checkpoint was saved (exit 75: a scheduler requeues the task)."""
+
+
 @dataclass(frozen=True)
 class Cell:
     """One run of a grid: a variant (`index` in the grid) with one seed."""
@@ -178,10 +182,11 @@ def base_config(grid: str, *, scale: str, steps: int | None = None, extra: list[
         raise UserError(f"Unknown scale {scale!r}: choose one of {', '.join(SCALES)}.")
     cfg = experiments.load_config(GRIDS[grid].experiment, [*SCALES[scale]])
     steps = steps or cfg.train.steps
-    # CURVE_POINTS evaluations; one checkpoint at the end (SIGTERM still saves one), so a cell costs little more
-    # than its steps.
-    cadence = [f"train.steps={steps}", f"train.eval_every={max(steps // CURVE_POINTS, 1)}",
-               f"train.checkpoint_every={steps}"]
+    # CURVE_POINTS evaluations. Checkpoints: the scale's cadence, else one at the end (SIGTERM still saves one),
+    # so a CPU cell costs little more than its steps.
+    cadence = [f"train.steps={steps}", f"train.eval_every={max(steps // CURVE_POINTS, 1)}"]
+    if not any(o.startswith("train.checkpoint_every=") for o in SCALES[scale]):
+        cadence.append(f"train.checkpoint_every={steps}")
     return config_lib.apply_overrides(cfg, [*cadence, *extra])
 
 
@@ -219,20 +224,24 @@ def train_cell(cell: Cell, workdir: Path, *, show_progress: bool = True) -> dict
         common = None
         if cell.eval_overrides:
             common_cfg = config_lib.apply_overrides(run.cfg, cell.eval_overrides)
-            common = (common_cfg, train.compile_eval_step(replace(run.shardings, cfg=common_cfg), run.mesh))
+            # A cell already at the common settings reuses its own evaluation (the same batches and masks).
+            common = (common_cfg, own_eval if common_cfg == run.cfg else
+                      train.compile_eval_step(replace(run.shardings, cfg=common_cfg), run.mesh))
 
         def evaluate_state(state):
             out = trainer.evaluate(replace(run, state=state), own_eval)
-            if common is not None:
+            if common is not None and common[1] is own_eval:
+                out.update({f"common_{k}": v for k, v in list(out.items())})
+            elif common is not None:
                 common_cfg, common_eval = common
                 at_common = trainer.evaluate(replace(run, cfg=common_cfg, state=replace(state, cfg=common_cfg)),
                                              common_eval)
                 out.update({f"common_{k}": v for k, v in at_common.items()})
             return out
 
-        trainer.fit(run, batch_at=lambda step: trainer.make_batch(run.cfg, run.corpus.train, step, run.mesh),
-                    evaluate_state=evaluate_state, show_progress=show_progress)
-        return {"rows": metrics_lib.read_metrics(workdir), "cfg": run.cfg}
+        result = trainer.fit(run, batch_at=lambda step: trainer.make_batch(run.cfg, run.corpus.train, step, run.mesh),
+                             evaluate_state=evaluate_state, show_progress=show_progress)
+        return {"rows": metrics_lib.read_metrics(workdir), "cfg": run.cfg, "preempted": result["preempted"]}
 
 
 def make_record(cell: Cell, cfg: config_lib.Config, rows: list[dict], wall_s: float) -> dict:
@@ -285,6 +294,9 @@ def run_cells(todo: list[Cell], *, out: Path, results: Path, show_progress: bool
         log(f"{label}: training")
         start = time.perf_counter()
         trained = train_cell(cell, cell.workdir(out), show_progress=show_progress)
+        if trained["preempted"]:  # a partial run is no result: no record; the checkpoint lets a re-run resume
+            raise Preempted(f"{label}: stopped by a signal after saving a checkpoint; re-run the same command to "
+                            f"resume.")
         record = make_record(cell, trained["cfg"], trained["rows"], time.perf_counter() - start)
         results_lib.append_record(path, record)
         done.add((cell.variant, cell.key))
@@ -328,9 +340,12 @@ def main(argv: list[str] | None = None) -> int:
         todo = select(cells(args.grid, scale=args.scale, seeds=tuple(args.seeds), steps=args.steps,
                             extra=args.extra), args.cell)
         run_cells(todo, out=args.out, results=args.results, show_progress=not args.no_progress)
-    except UserError as err:
+    except Preempted as err:
+        print(str(err), file=sys.stderr)
+        return EXIT_PREEMPTED
+    except JaxformerError as err:  # bad input (2), a non-finite loss (3), a checkpoint write (4): one sentence
         print(f"ablation {args.grid or ''}: {err}".replace("  ", " "), file=sys.stderr)
-        return 2
+        return err.exit_code
     print(f"records in {args.results / (args.grid + '.jsonl')}; tables and plots: make report")
     return 0
 

@@ -114,12 +114,13 @@ def test_identical_rerun_is_skipped_other_seed_or_setting_is_not(grid, capsys, m
     assert _main(tmp, "mask-rate", "--seeds", "0") == 0
     assert len(_lines(tmp)) == 3 and capsys.readouterr().out.count("done already, skipped") == 3
 
-    assert _main(tmp, "mask-rate", "--seeds", "0", "1", "--cell", "2") == 0  # seed 0 done, seed 1 new
+    assert _main(tmp, "mask-rate", "--seeds", "0", "1", "--cell", "0") == 0  # seed 0 done, seed 1 new
     after = _lines(tmp)
-    assert len(after) == 4 and (after[-1]["variant"], after[-1]["seed"]) == ("mask-0.4", 1)
+    assert len(after) == 4 and (after[-1]["variant"], after[-1]["seed"]) == ("mask-0.15", 1)
     assert after[-1]["run_key"] not in {r["run_key"] for r in records}
-    assert after[-1]["cell_key"] == records[2]["cell_key"]  # the same cell, another seed
-    assert len(list((tmp / "runs" / "mask-rate" / "mask-0.4").iterdir())) == 2
+    assert after[-1]["cell_key"] == records[0]["cell_key"]  # the same cell, another seed
+    assert after[-1]["valid_loss"] != records[0]["valid_loss"]
+    assert len(list((tmp / "runs" / "mask-rate" / "mask-0.15").iterdir())) == 2
 
     # Any setting that changes results gives other keys and directories; cadence and mesh do not.
     def keys(*extra, steps=2):
