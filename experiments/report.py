@@ -3,8 +3,9 @@
     python -m experiments.report [--results results]          # or: make report
 
 For each grid with records: `<grid>.md` (one table per scale: mean ± std over seeds, the best cell bold and
-starred) and `<grid>-<scale>.png` (validation loss against training FLOPs and against the tokens that carried
-loss, mean over seeds with std error bars). `README.md` lists every grid, the ones without records as not run.
+starred; train FLOPs as executed, ideal FLOPs as the model needs them: params.py) and `<grid>-<scale>.png`
+(validation loss against executed training FLOPs and against the tokens that carried loss, mean over seeds with
+std error bars). `README.md` lists every grid, the ones without records as not run.
 Runs of one variant made with other settings (another --steps or --set) are separate rows, labelled by key.
 """
 
@@ -38,6 +39,7 @@ def _columns(grid: ablations.Grid) -> list[Column]:
         Column("seeds", lambda s: ",".join(str(r["seed"]) for r in sorted(s.records, key=lambda r: r["seed"]))),
         Column("params", lambda s: _fmt(_first(s, "params"), ",")),
         Column("train FLOPs", lambda s: _fmt(s.mean("train_flops"), ".3g")),
+        Column("ideal FLOPs", lambda s: _fmt(s.mean("train_flops_ideal"), ".3g")),
         Column("tokens with loss", lambda s: _fmt(s.mean("tokens_with_loss"), ",.0f")),
         Column("train loss", lambda s: mean_std(s, "train_loss")),
         Column("valid loss", lambda s: mean_std(s, "valid_loss")),
