@@ -16,12 +16,11 @@ endif
 # trains one into $(WORKDIR)/<name>.
 EXPERIMENTS := $(subst _,-,$(basename $(notdir $(shell grep -l '^PRESET = ' $(REPO_DIR)experiments/*.py))))
 
-ABLATIONS := positions norms attention mlp moe mask-rate objective
+ABLATIONS := positions norms attention mlp moe mask-rate objective size
 ABLATE_TARGETS := $(addprefix ablate-,$(ABLATIONS))
 
 .PHONY: help install install-test test test-fast lint train train-encoder shakespeare import-hf params bench bench-gpu clean \
-	ner \
-	ablate-all $(ABLATE_TARGETS) notebooks experiments $(EXPERIMENTS)
+	ner report ablate-all $(ABLATE_TARGETS) notebooks experiments $(EXPERIMENTS)
 
 # Every target with a `## what it does` comment, then one line per ablation grid (a static pattern rule).
 help:
@@ -80,9 +79,19 @@ import-hf:  ## import a local Hugging Face GPT-2/BERT folder (HF=path/to/folder)
 clean:  ## remove runs, benchmark output and the pytest cache
 	rm -rf $(WORKDIR) bench .pytest_cache
 
-ABLATION_STEPS ?= 300
+# Ablation grids (experiments/ablations.py): SCALE=cpu|full; CELL=i runs one cell (a job array task), SEEDS="0 1 2"
+# the seeds, STEPS the steps per run; records are appended to $(RESULTS)/<grid>.jsonl, finished runs skipped.
+SCALE ?= cpu
+CELL ?=
+SEEDS ?=
+RESULTS ?= results
+ABLATE_ARGS = --scale $(SCALE) --out $(WORKDIR)/ablations --results $(RESULTS) $(if $(CELL),--cell $(CELL)) \
+	$(if $(SEEDS),--seeds $(SEEDS)) $(if $(STEPS),--steps $(STEPS))
 $(ABLATE_TARGETS): ablate-%:
-	$(PY) -m experiments.ablations $* --steps $(ABLATION_STEPS) --out $(WORKDIR)/ablations
+	$(PY) -m experiments.ablations $* $(ABLATE_ARGS)
+
+report:  ## tables (mean ± std over seeds) and plots of every ablation grid's records in $(RESULTS)/
+	$(PY) -m experiments.report --results $(RESULTS)
 
 ablate-all: $(ABLATE_TARGETS)  ## every ablation grid in turn
 

@@ -1,7 +1,10 @@
-"""The base run of the decoder ablation grids (`make ablate-positions`, -norms, -attention, -mlp, -moe, -objective).
+"""The base run of the decoder ablation grids (`make ablate-positions`, -norms, -attention, -mlp, -moe, -objective,
+-size).
 
 decoder-tiny on the built-in offline corpus, 300 steps of 16 x 128 characters; each grid variant changes one
 setting of this.
+The grids first set their scale's shapes and budget on it (experiments/ablations.py SCALES), then each
+cell's one change.
 
 Command:  make ablation-decoder
           jaxformer train --experiment ablation-decoder --workdir runs/ablation-decoder

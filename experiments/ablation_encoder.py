@@ -1,6 +1,8 @@
 """The base run of the encoder ablation grid (`make ablate-mask-rate`).
 
 encoder-tiny (MLM) on the built-in offline corpus, 300 steps of 16 x 128 characters.
+The grid first sets its scale's shapes and budget on it (experiments/ablations.py SCALES), then each cell's
+mask rate.
 
 Command:  make ablation-encoder
           jaxformer train --experiment ablation-encoder --workdir runs/ablation-encoder
