@@ -173,12 +173,12 @@ def _native(run, family: str, valid_tokens, scale: Scale, seed: int, *, samples:
     return out
 
 
-def pretrain(plan: Pretraining, work: Path, scale: Scale, *, show_progress: bool) -> dict:
+def pretrain(plan: Pretraining, work: Path, scale: Scale, *, show_progress: bool, run_missing: bool = True):
     from jaxformer import metrics as metrics_lib
     from jaxformer import trainer
 
     folder = work / "pretrain" / f"{plan.family}-s{plan.seed}-{plan.key}"
-    if (done := read_result(folder)) is not None:
+    if (done := read_result(folder)) is not None or not run_missing:
         return done
     t0, c0 = time.perf_counter(), time.process_time()
     result = trainer.train_loop(plan.cfg, folder, show_progress=show_progress)
@@ -196,14 +196,14 @@ def pretrain(plan: Pretraining, work: Path, scale: Scale, *, show_progress: bool
         "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "train_s": train_s})
 
 
-def random_backbone(plan: Pretraining, work: Path, scale: Scale) -> dict:
+def random_backbone(plan: Pretraining, work: Path, scale: Scale, *, run_missing: bool = True):
     """The control: the same config, initialised with the same seed and saved untrained (step 0)."""
     from jaxformer.checkpoint import Checkpointer
     from jaxformer.run import open_run
 
     key = run_key("random", plan.cfg.to_dict())
     folder = work / "random" / f"{plan.family}-s{plan.seed}-{key}"
-    if (done := read_result(folder)) is not None:
+    if (done := read_result(folder)) is not None or not run_missing:
         return done
     t0, c0 = time.perf_counter(), time.process_time()
     run = open_run(folder, plan.cfg, show_progress=False)
@@ -220,7 +220,8 @@ def random_backbone(plan: Pretraining, work: Path, scale: Scale) -> dict:
 
 # ---------------------------------------------------------------------------------------------- downstream
 
-def finetune_run(backbone: dict, task: str, scale: Scale, work: Path, *, show_progress: bool) -> dict:
+def finetune_run(backbone: dict, task: str, scale: Scale, work: Path, *, show_progress: bool,
+                 run_missing: bool = True):
     from jaxformer import finetune
     from jaxformer import params as params_lib
 
@@ -229,7 +230,7 @@ def finetune_run(backbone: dict, task: str, scale: Scale, work: Path, *, show_pr
         overrides = [o for o in overrides if o != "objective.pooling=cls"]
     key = run_key("finetune", backbone["key"], task, overrides)
     folder = work / "finetune" / f"{backbone['family']}-{backbone['init']}-{task}-s{backbone['seed']}-{key}"
-    if (done := read_result(folder)) is not None:
+    if (done := read_result(folder)) is not None or not run_missing:
         return done
     t0, c0 = time.perf_counter(), time.process_time()
     result = finetune.finetune(backbone["workdir"], task, folder, overrides, show_progress=show_progress)
@@ -261,7 +262,7 @@ def _logistic(x_train, y_train, x_dev, y_dev, seed: int) -> dict:
     return {"train_accuracy": float(model.score(x_train, y_train)), "dev_accuracy": float(model.score(x_dev, y_dev))}
 
 
-def probe_runs(backbone: dict, task: str, scale: Scale, work: Path) -> list[dict]:
+def probe_runs(backbone: dict, task: str, scale: Scale, work: Path, *, run_missing: bool = True) -> list[dict]:
     """Linear probes on frozen pooled features, one per pooling, from one forward pass over the examples."""
     from jaxformer import objectives
     from jaxformer.data.classification_batches import encode_examples, task_splits
@@ -270,8 +271,8 @@ def probe_runs(backbone: dict, task: str, scale: Scale, work: Path) -> list[dict
 
     key = run_key("probe", backbone["key"], task, scale.probe_train, "logreg-standardized-v1")
     folder = work / "probe" / f"{backbone['family']}-{backbone['init']}-{task}-s{backbone['seed']}-{key}"
-    if (done := read_result(folder)) is not None:
-        return done["runs"]
+    if (done := read_result(folder)) is not None or not run_missing:
+        return done["runs"] if done else []
     t0, c0 = time.perf_counter(), time.process_time()
     run = open_run(backbone["workdir"])
     causal = objectives.for_config(run.cfg).causal
@@ -300,7 +301,7 @@ def probe_runs(backbone: dict, task: str, scale: Scale, work: Path) -> list[dict
     return runs
 
 
-def bag_of_words(task: str, work: Path) -> dict:
+def bag_of_words(task: str, work: Path, *, run_missing: bool = True):
     """TF-IDF (word uni- and bigrams) + logistic regression on the full training split: the floor."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -311,7 +312,7 @@ def bag_of_words(task: str, work: Path) -> dict:
     settings = {"ngram_range": [1, 2], "min_df": 2, "sublinear_tf": True, "C": 1.0}
     key = run_key("bow", task, settings)
     folder = work / "bow" / f"{task}-{key}"
-    if (done := read_result(folder)) is not None:
+    if (done := read_result(folder)) is not None or not run_missing:
         return done
     t0, c0 = time.perf_counter(), time.process_time()
     splits = task_splits(task)
@@ -339,8 +340,9 @@ def vocab_size(scale: Scale, work: Path) -> int:
 
 
 def run_compare(scale_name: str, work: Path, out: Path, *, seeds: tuple[int, ...] | None = None,
-                tasks: tuple[str, ...] | None = None, show_progress: bool = True) -> dict:
-    """Every run of the comparison (finished ones read back), then runs.json, table.md and plots in `out`."""
+                tasks: tuple[str, ...] | None = None, show_progress: bool = True, finished_only: bool = False) -> dict:
+    """Every run of the comparison (finished ones read back), then runs.json, table.md and plots in `out`.
+    `finished_only`: run nothing, report the runs already finished (a partial comparison says so in its table)."""
     from experiments.compare_report import write_report
 
     scale = SCALES[scale_name]
@@ -350,19 +352,26 @@ def run_compare(scale_name: str, work: Path, out: Path, *, seeds: tuple[int, ...
 
         raise UserError(f"Scale {scale_name} names no downstream task: give --tasks sst2,rt-polarity or files.")
     t0, c0 = time.perf_counter(), time.process_time()
-    runs = []
-    backbones = []
+    runs, backbones, missing = [], [], 0
+    step = {"run_missing": not finished_only}
     for plan in plan_pretraining(scale, vocab_size(scale, work), scale.seeds):
         say(f"pretraining {plan.family} seed {plan.seed}: {plan.steps} steps, {plan.training_flops:.3g} FLOPs")
-        backbones += [pretrain(plan, work, scale, show_progress=show_progress), random_backbone(plan, work, scale)]
+        backbones += [pretrain(plan, work, scale, show_progress=show_progress, **step),
+                      random_backbone(plan, work, scale, **step)]
+    missing += sum(b is None for b in backbones)
+    backbones = [b for b in backbones if b is not None]
     runs += backbones
     for task in scale.tasks:
-        runs.append(bag_of_words(task, work))
+        runs.append(bag_of_words(task, work, **step))
         for backbone in backbones:
             say(f"{task}: {backbone['family']} ({backbone['init']}) seed {backbone['seed']}")
-            runs.append(finetune_run(backbone, task, scale, work, show_progress=show_progress))
-            runs += probe_runs(backbone, task, scale, work)
-    summary = {"scale": scale_name, "settings": asdict(scale), "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "runs": runs}
+            runs.append(finetune_run(backbone, task, scale, work, show_progress=show_progress, **step))
+            probes = probe_runs(backbone, task, scale, work, **step)
+            missing += not probes
+            runs += probes
+    missing += sum(r is None for r in runs)
+    runs = [r for r in runs if r is not None]
+    summary = {"scale": scale_name, "settings": asdict(scale), "missing": missing, "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "runs": runs}
     write_report(summary, out)
     return summary
 
@@ -380,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default="", help="comma-separated tasks: sst2, rt-polarity or .tsv/.jsonl files")
     parser.add_argument("--work", default="runs/compare", help="run directories (cached by key)")
     parser.add_argument("--out", default="results/compare", help="runs.json, table.md and plots")
+    parser.add_argument("--finished-only", action="store_true", help="run nothing: report the finished runs")
     args = parser.parse_args(argv)
     try:
         seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
@@ -388,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         run_compare(args.scale, Path(args.work), Path(args.out), seeds=seeds or None,
-                    tasks=tuple(t for t in args.tasks.split(",") if t.strip()) or None)
+                    tasks=tuple(t for t in args.tasks.split(",") if t.strip()) or None, finished_only=args.finished_only)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -48,7 +48,9 @@ def downstream_cells(runs: list[dict]) -> tuple[list[str], list[tuple[str, dict[
 
 def markdown(summary: dict) -> str:
     runs = summary["runs"]
-    lines = [f"# Encoder vs decoder at matched training FLOPs (scale `{summary['scale']}`)", "",
+    partial = [f"**Partial:** {summary['missing']} planned runs (or probe sets) had not finished and are left out.",
+               ""] if summary.get("missing") else []
+    lines = [f"# Encoder vs decoder at matched training FLOPs (scale `{summary['scale']}`)", "", *partial,
              "Mean ± sample std over seeds (n = number of runs). Downstream figures are dev accuracy (SST-2: GLUE "
              "dev; rt-polarity: the fixed seeded 10% split).", "", "## Pretraining", "",
              "| family | init | params | steps | training FLOPs (executed) | valid loss | perplexity | "
@@ -84,7 +86,7 @@ def markdown(summary: dict) -> str:
                for s in r["metrics"].get("samples", [])]
     if samples:
         lines += ["", "## Decoder samples (seed 0, temperature 0.8, top-k 40)", ""]
-        lines += [f"- `{s}`" for s in samples]
+        lines += [f"- `{' / '.join(s.splitlines())}`" for s in samples]  # line ends as ' / ' keep the list intact
     lines += ["", f"{len(runs)} runs; wall time of this invocation {summary['wall_s']:.0f} s (finished runs are "
               f"read back, not re-run). Every run with its full config: runs.json.", ""]
     return "\n".join(lines)
