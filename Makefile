@@ -20,7 +20,7 @@ ABLATIONS := positions norms attention mlp moe mask-rate objective size
 ABLATE_TARGETS := $(addprefix ablate-,$(ABLATIONS))
 
 .PHONY: help install install-test test test-fast lint train train-encoder shakespeare import-hf params bench bench-gpu clean \
-	ner report ablate-all $(ABLATE_TARGETS) notebooks experiments $(EXPERIMENTS)
+	ner report compare ablate-all $(ABLATE_TARGETS) notebooks experiments $(EXPERIMENTS)
 
 # Every target with a `## what it does` comment, then one line per ablation grid (a static pattern rule).
 help:
@@ -94,6 +94,12 @@ report:  ## tables (mean ± std over seeds) and plots of every ablation grid's r
 	$(PY) -m experiments.report --results $(RESULTS)
 
 ablate-all: $(ABLATE_TARGETS)  ## every ablation grid in turn
+
+SCALE ?= cpu
+TASKS ?=
+compare:  ## encoder vs decoder at matched training FLOPs, fine-tuned and probed (SCALE=cpu|full|smoke) -> results/compare
+	$(PY) -m experiments.compare --scale $(SCALE) --work $(WORKDIR)/compare --out results/compare \
+		$(if $(TASKS),--tasks $(TASKS))
 
 notebooks:  ## execute the jupytext notebooks into .ipynb (needs the dev extra: jupytext, nbclient, ipykernel)
 	cd notebooks && for nb in *.py; do jupytext --to ipynb --execute $$nb || exit 1; done
