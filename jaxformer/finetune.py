@@ -54,8 +54,9 @@ from jaxformer.run import Run, open_run
 # Fine-tuning defaults on top of the pretrained run's config; --set overrides win. Chosen at CPU scale (README,
 # "Encoder vs decoder at matched compute"): a 2 x 128 encoder MLM-pretrained on PTB with a 2k BPE, rt-polarity,
 # 300 steps of 32 (one epoch), mean pooling: lr 1e-3 reached train/dev accuracy 0.685/0.699 where 3e-4 reached
-# 0.655/0.682 (the old 500-step, 3e-4 default on a char-level encoder: ~0.54 dev, i.e. chance). Small models still
-# underfit in one epoch: raise train.steps when the budget allows; objective.pooling=mean helps tiny encoders.
+# 0.655/0.682 (the old 500-step, 3e-4 default on a char-level encoder: ~0.54 dev, i.e. chance). One epoch is
+# where dev accuracy peaks: at 900 steps training accuracy reaches 0.834 while dev falls to 0.674 (keep-best
+# keeps step 300). objective.pooling=mean helps tiny encoders.
 DEFAULTS = {"train.steps": 300, "train.batch_size": 32, "train.log_every": 25, "train.eval_every": 100,
             "train.checkpoint_every": 300, "optimizer.lr": 1e-3, "optimizer.warmup_steps": 30,
             "optimizer.weight_decay": 0.01}
