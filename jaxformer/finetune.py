@@ -148,6 +148,20 @@ def _check_eval_cadence(out: Path, cfg: Config) -> None:
                         f"resume with train.eval_every={saved}, or use a new --out.")
 
 
+def open_pretrained(workdir: Path, out: Path):
+    """The pretraining run a fine-tuning run (classifier or tagger) in `out` starts from: its config and tokenizer;
+    one sentence when `workdir` is `out`, a fine-tuned run, or incomplete."""
+    if out.absolute() == workdir.absolute():
+        raise UserError(f"--out {out} is the pretrained run's directory: give the fine-tuning run its own --out.")
+    pretrained = rundir.read_config(workdir)
+    if not objectives.for_config(pretrained).token_level:
+        raise UserError(f"{workdir} holds a fine-tuned run: point --workdir at a pretraining (clm or mlm) run.")
+    tokenizer = load_tokenizer(workdir)
+    if tokenizer is None:
+        raise UserError(f"{workdir} has no saved tokenizer: it is not a complete jaxformer run directory.")
+    return pretrained, tokenizer
+
+
 def finetune(workdir: str | Path, task: str, out: str | Path, overrides: list[str] = (), *,
              valid: str = "", test: str = "", columns: Columns = Columns(),
              show_progress: bool = True, stop_after: int | None = None) -> dict:
@@ -167,14 +181,7 @@ def finetune(workdir: str | Path, task: str, out: str | Path, overrides: list[st
         return tagging.finetune_tags(workdir, task, out, overrides, valid=valid, test=test,
                                      show_progress=show_progress, stop_after=stop_after)
     workdir, out = Path(workdir), Path(out)
-    if out.absolute() == workdir.absolute():
-        raise UserError(f"--out {out} is the pretrained run's directory: give the fine-tuning run its own --out.")
-    pretrained = rundir.read_config(workdir)
-    if not objectives.for_config(pretrained).token_level:
-        raise UserError(f"{workdir} holds a fine-tuned classifier: point --workdir at a pretraining (clm or mlm) run.")
-    tokenizer = load_tokenizer(workdir)
-    if tokenizer is None:
-        raise UserError(f"{workdir} has no saved tokenizer: it is not a complete jaxformer run directory.")
+    pretrained, tokenizer = open_pretrained(workdir, out)
     resuming = _has_checkpoint(out)
     if not resuming and not _has_checkpoint(workdir):
         raise UserError(f"No checkpoint in {workdir / 'checkpoints'}: pretrain there first, or point --workdir at "

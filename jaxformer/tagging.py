@@ -29,7 +29,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxformer import atomic, finetune, objectives, parallel, predict, rundir, trainer
+from jaxformer import atomic, finetune, parallel, predict, rundir, trainer
 from jaxformer.data.batching import global_batch
 from jaxformer.data.classification_batches import (
     HOLDOUT_FRACTION,
@@ -40,7 +40,6 @@ from jaxformer.data.classification_batches import (
 from jaxformer.data.conll import TAG_TASK_ALIASES, TaggedSentence, read_tag_task
 from jaxformer.data.labels import LabelMap
 from jaxformer.data.tagging_batches import encode_tagged, tag_ids, tag_map, tagging_eval_batches
-from jaxformer.data.tokenizers import load_tokenizer
 from jaxformer.errors import UserError
 from jaxformer.evaluation.entities import entity_scores
 from jaxformer.keep_best import BestKeeper
@@ -130,14 +129,7 @@ def finetune_tags(workdir: str | Path, task: str, out: str | Path, overrides: li
     keeps the checkpoint with the best dev entity F1 and scores it on `test` when given. Returns the summary and
     the Run (at the selected model)."""
     workdir, out = Path(workdir), Path(out)
-    if out.absolute() == workdir.absolute():
-        raise UserError(f"--out {out} is the pretrained run's directory: give the fine-tuning run its own --out.")
-    pretrained = rundir.read_config(workdir)
-    if not objectives.for_config(pretrained).token_level:
-        raise UserError(f"{workdir} holds a fine-tuned run: point --workdir at a pretraining (clm or mlm) run.")
-    tokenizer = load_tokenizer(workdir)
-    if tokenizer is None:
-        raise UserError(f"{workdir} has no saved tokenizer: it is not a complete jaxformer run directory.")
+    pretrained, tokenizer = finetune.open_pretrained(workdir, out)
     resuming = finetune._has_checkpoint(out)
     if not resuming and not finetune._has_checkpoint(workdir):
         raise UserError(f"No checkpoint in {workdir / 'checkpoints'}: pretrain there first, or point --workdir at "
