@@ -84,9 +84,10 @@ class Attention(nnx.Module):
             impl = attention_kernels.resolve(self.impl, self.dtype, window=self.window,
                                              segment_ids=segment_ids_BxT is not None)
             # Without documents to keep apart no mask is built, so a fused kernel applies causal + window itself;
-            # XLA gets packed documents as a mask (cuDNN cannot take segment ids here, Pallas takes them as is).
+            # The XLA kernels get packed documents as a mask (cuDNN cannot take segment ids here, Pallas takes
+            # them as is).
             mask = None
-            if segment_ids_BxT is not None and impl == "xla":
+            if segment_ids_BxT is not None and impl in ("xla", "blocked"):
                 mask = attention_mask(positions_BxT, positions_BxT, causal=causal, window=self.window,
                                       q_seg_BxT=segment_ids_BxT, k_seg_BxS=segment_ids_BxT)
             out = attention_kernels.attend(q_BxTxNxH, k_BxTxGxH, v_BxTxGxH, impl=impl, causal=causal,

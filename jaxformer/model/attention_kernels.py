@@ -1,12 +1,17 @@
 """Which kernel computes softmax(QK^T)V in training: `model.attention_impl`.
 
 - `xla`: `jax.nn.dot_product_attention(implementation="xla")`, every backend; the reference the others are
-  tested against (tests/test_attention_kernels.py).
+  tested against (tests/test_accelerator_path.py).
+- `blocked`: plain XLA einsums laid out heads-first ([B, G, N/G, T, H], no K/V repeat for GQA); causal layers
+  run in query blocks of `BLOCK` rows, each reading only the keys up to its last row, so the score and value
+  products above the diagonal (3/8 of them at T = 256) are never computed. On XLA:CPU the `xla` call's
+  [B, T, N, H] einsums and full-square causal scores measured ~2x slower for attention alone and ~1.12x for a
+  whole GPT train step (benchmarks/bench_train.py; issue note).
 - `cudnn`: the same call with `implementation="cudnn"`: cuDNN's fused flash attention (NVIDIA GPUs, bf16/fp16).
 - `pallas`: a Pallas flash-attention kernel from jax's own Pallas ops: the Triton kernel on GPUs, the Mosaic
   kernel on TPUs, and the GPU kernel in interpret mode on CPU (slow; there for numerics tests only).
 - `auto` (default): `cudnn` on a GPU when the compute dtype is half precision (cuDNN's flash path needs it),
-  `pallas` on a TPU, `xla` otherwise. `jax.nn.dot_product_attention`'s own default (`implementation=None`)
+  `pallas` on a TPU, `blocked` on a CPU, `xla` otherwise. `jax.nn.dot_product_attention`'s own default (`implementation=None`)
   picks XLA in this JAX version, so without this setting nothing would run a flash kernel.
 
 The fused kernels take no explicit mask: causal, sliding window (cuDNN only) and document boundaries (segment
@@ -23,7 +28,10 @@ import jax.numpy as jnp
 
 from jaxformer.errors import UserError
 
-IMPLS = ("auto", "xla", "cudnn", "pallas")
+IMPLS = ("auto", "xla", "blocked", "cudnn", "pallas")
+# Query rows per block of the `blocked` kernel: 64 beat 32, 128 and one block in a 6-layer d384 T256 train step
+# on a 2-core CPU (32 loses to per-block overhead, 128 skips less of the upper triangle).
+BLOCK = 64
 
 
 def resolve(impl: str, dtype: str, *, window: int = 0, segment_ids: bool = False, backend: str | None = None) -> str:
@@ -33,7 +41,9 @@ def resolve(impl: str, dtype: str, *, window: int = 0, segment_ids: bool = False
     backend = backend or jax.default_backend()
     if backend == "gpu" and dtype in ("bfloat16", "float16") and not segment_ids:
         return "cudnn"
-    return "pallas" if backend == "tpu" and not window else "xla"
+    if backend == "tpu" and not window:
+        return "pallas"
+    return "blocked" if backend == "cpu" else "xla"
 
 
 def check(impl: str, *, window: int, segment_ids: bool) -> None:
@@ -48,18 +58,53 @@ def check(impl: str, *, window: int, segment_ids: bool) -> None:
 def attend(q_BxTxNxH: jax.Array, k_BxSxGxH: jax.Array, v_BxSxGxH: jax.Array, *, impl: str, causal: bool,
            window: int = 0, segment_ids_BxT: jax.Array | None = None, mask=None) -> jax.Array:
     """Attention output [B, T, N, H] by the kernel `impl` (already resolved). `mask` (a full [B, 1, T, S]
-    boolean mask) is only for `xla`, which the cached decode path and packed cuDNN-less runs use."""
+    boolean mask) is only for `xla` (the cached decode path, packed cuDNN-less runs) and `blocked`."""
     if impl == "cudnn" and jax.default_backend() != "gpu":  # at trace time: `jaxformer params` may name it anywhere
         raise UserError(f"model.attention_impl=cudnn needs an NVIDIA GPU (this backend is "
                         f"{jax.default_backend()}); use auto or xla.")
     if impl == "pallas":
         return _pallas(q_BxTxNxH, k_BxSxGxH, v_BxSxGxH, causal=causal, segment_ids_BxT=segment_ids_BxT)
+    if impl == "blocked":
+        return _blocked(q_BxTxNxH, k_BxSxGxH, v_BxSxGxH, causal=causal, window=window, mask=mask)
     if mask is not None:
         return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxGxH, v_BxSxGxH, mask=mask, implementation=impl)
     left = window - 1 if window else None
     local = None if left is None else (left, 0 if causal else left)
     return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxGxH, v_BxSxGxH, is_causal=causal, local_window_size=local,
                                         implementation=impl)
+
+
+def _blocked(q_BxTxNxH, k_BxSxGxH, v_BxSxGxH, *, causal, window, mask):
+    """Heads-first XLA attention; causal: query block [a, b) reads keys [0, b) only.
+
+    Skipping the keys after a block's last row is exact for every causal mask training builds (positions grow
+    along the row inside a document, and packed documents are contiguous), and `mask` (packed documents) is
+    sliced to the same keys. Fully masked rows get the most negative finite score, as the `xla` kernel does.
+    """
+    b, t, n, h = q_BxTxNxH.shape
+    s, g = k_BxSxGxH.shape[1], k_BxSxGxH.shape[2]
+    q_BxGxRxTxH = (q_BxTxNxH * h**-0.5).reshape(b, t, g, n // g, h).transpose(0, 2, 3, 1, 4)
+    k_BxGxSxH, v_BxGxSxH = k_BxSxGxH.transpose(0, 2, 1, 3), v_BxSxGxH.transpose(0, 2, 1, 3)
+    starts = range(0, t, BLOCK) if causal else (0,)
+    outs = []
+    for start in starts:
+        stop = min(start + BLOCK, t) if causal else t
+        keys = stop if causal else s
+        scores = jnp.einsum("bgrth,bgsh->bgrts", q_BxGxRxTxH[:, :, :, start:stop], k_BxGxSxH[:, :, :keys],
+                            preferred_element_type=jnp.float32)
+        visible = jnp.ones((1, 1, 1, 1, 1), bool)
+        rows, cols = jnp.arange(start, stop)[:, None], jnp.arange(keys)[None, :]
+        if causal:
+            visible &= cols <= rows
+        if window:
+            visible &= jnp.abs(rows - cols) < window
+        if mask is not None:  # [B, 1, T, S] -> [B, 1, 1, rows, keys]
+            visible &= mask[:, :, None, start:stop, :keys]
+        scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v_BxGxSxH.dtype)
+        outs.append(jnp.einsum("bgrts,bgsh->bgrth", probs, v_BxGxSxH[:, :, :keys]))
+    out_BxGxRxTxH = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
+    return out_BxGxRxTxH.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h).astype(q_BxTxNxH.dtype)
 
 
 def _block(t: int) -> int:
