@@ -197,7 +197,7 @@ def run(args) -> int:
     specs = timing.plan(args, impls)
 
     def run_one(spec: dict) -> dict:
-        command = timing.JAXFORMER_CHILD if spec["impl"] == "jaxformer" else PEER_CHILD
+        command = timing.JAXFORMER_CHILD if spec["impl"].startswith("jaxformer") else PEER_CHILD
         return timing.run_child(command, spec, args.run_timeout)
 
     machine = timing.machine_info(("jax", "jaxlib", "flax", "optax", "numpy", "torch", "transformers"))

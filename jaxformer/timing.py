@@ -62,13 +62,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--run-timeout", type=float, default=600.0, help="seconds before one run's subprocess is killed")
+    p.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                   help="also time jaxformer with these config overrides, right after the baseline in every cell "
+                        "(repeatable), e.g. --variant model.attention_impl=xla: a change's speed ratio measured "
+                        "in the same window as its baseline")
 
 
 # ---------------------------------------------------------------------------------------------- one cell
 
-def bench_config(objective: str, config: str, *, batch_size: int, seq_len: int, vocab: int):
+def bench_config(objective: str, config: str, *, batch_size: int, seq_len: int, vocab: int,
+                 overrides: dict | None = None):
     """The jaxformer Config of one cell. CLM is GPT-2 shaped (pre-norm, tanh GELU); MLM is BERT shaped
-    (post-norm, embedding norm, erf GELU, MLM transform head). Dropout 0, tied embeddings, fp32."""
+    (post-norm, embedding norm, erf GELU, MLM transform head). Dropout 0, tied embeddings, fp32. `overrides`
+    (a `--variant`'s settings) come last."""
     from jaxformer.config import Config, apply_overrides
 
     model = {**CONFIGS[config], "vocab_size": vocab, "max_seq_len": seq_len, "dropout": 0.0}
@@ -78,8 +84,16 @@ def bench_config(objective: str, config: str, *, batch_size: int, seq_len: int, 
     values.update({"objective.kind": objective, "objective.mask_rate": MASK_RATE, "train.batch_size": batch_size,
                    "train.seq_len": seq_len, "train.steps": 1000, "optimizer.warmup_steps": 0,
                    "optimizer.grad_clip": GRAD_CLIP, "mesh.data": 1,
-                   **{f"optimizer.{k}": v for k, v in OPT.items()}})
+                   **{f"optimizer.{k}": v for k, v in OPT.items()}, **(overrides or {})})
     return apply_overrides(Config(), values)
+
+
+def parse_variant(text: str) -> dict:
+    """`--variant 'model.a=1,model.b=x'` -> {"model.a": "1", "model.b": "x"} (values parsed by apply_overrides)."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item]
+    if not pairs or any(len(p) != 2 or not p[0] for p in pairs):
+        raise UserError(f"--variant takes KEY=VALUE[,KEY=VALUE], got {text!r}.")
+    return dict(pairs)
 
 
 def model_flops(cfg) -> dict:
@@ -178,8 +192,8 @@ def time_train_step(spec: dict) -> dict:
     rss_after_import = rss_mb()
     roofline_before = jax_roofline()
     b, t = spec["batch_size"], spec["seq_len"]
-    cfg = resolve(bench_config(spec["objective"], spec["config"], batch_size=b, seq_len=t, vocab=spec["vocab"]),
-                  n_devices=1)
+    cfg = resolve(bench_config(spec["objective"], spec["config"], batch_size=b, seq_len=t, vocab=spec["vocab"],
+                               overrides=spec.get("overrides")), n_devices=1)
     mesh = parallel.make_mesh(cfg.mesh, jax.devices()[:1])
     state, shardings = train.init_train_state(cfg, mesh)
     rng = np.random.default_rng(0)
@@ -230,7 +244,9 @@ def time_train_step(spec: dict) -> dict:
         "loss_first": first_loss, "loss_last": float(last_metrics["m"]["loss"]),
         "model_config": {k: getattr(cfg.model, k) for k in ("n_layer", "d_model", "n_heads", "vocab_size",
                                                             "post_norm", "embed_norm", "gelu_approximate",
-                                                            "positions", "tie_embeddings", "dtype")},
+                                                            "positions", "tie_embeddings", "dtype",
+                                                            "attention_impl")},
+        "overrides": spec.get("overrides", {}),
         "devices": [str(d) for d in mesh.devices.flat],
     }, model_flops(cfg))
 
@@ -270,6 +286,14 @@ def check_sizes(args) -> None:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}.")
+    from jaxformer.config import resolve
+
+    for text in getattr(args, "variant", []):
+        try:  # a typo must fail here, in one sentence, not in every cell's subprocess
+            resolve(bench_config("clm", "S", batch_size=1, seq_len=8, vocab=64, overrides=parse_variant(text)),
+                    n_devices=1)
+        except UserError as err:
+            raise UserError(f"--variant {text}: {err}") from None
 
 
 def plan(args, impls: list[str]) -> list[dict]:
@@ -281,10 +305,29 @@ def plan(args, impls: list[str]) -> list[dict]:
         steps = args.steps if args.steps is not None else (3 if args.quick else {"S": 10, "M": 6}[config])
         for objective in args.objectives:
             for impl in impls:
-                specs.append({"impl": impl, "objective": objective, "config": config, "steps": steps,
-                              "warmup": warmup, "max_timed_s": args.max_timed_s, "batch_size": args.batch_size,
-                              "seq_len": args.seq_len, "vocab": args.vocab, "threads": getattr(args, "threads", 1)})
+                variants = [(impl, {})]
+                if impl == "jaxformer":  # the variants right after their baseline: the same load, as far as it goes
+                    variants += [(f"jaxformer[{text}]", parse_variant(text)) for text in getattr(args, "variant", [])]
+                for name, overrides in variants:
+                    specs.append({"impl": name, "objective": objective, "config": config, "steps": steps,
+                                  "warmup": warmup, "max_timed_s": args.max_timed_s, "batch_size": args.batch_size,
+                                  "seq_len": args.seq_len, "vocab": args.vocab,
+                                  "threads": getattr(args, "threads", 1), **({"overrides": overrides} if overrides
+                                                                             else {})})
     return specs
+
+
+def variant_ratios(runs: list[dict]) -> list[dict]:
+    """Per cell and `--variant`: its tokens/s over the baseline jaxformer's (median and best step)."""
+    base = {(r["objective"], r["config"]): r for r in runs if r["impl"] == "jaxformer"}
+    out = []
+    for r in runs:
+        b = base.get((r["objective"], r["config"]))
+        if r.get("overrides") and b:
+            out.append({"variant": r["impl"], "objective": r["objective"], "config": r["config"],
+                        "tokens_per_s_ratio": round(r["tokens_per_s_median"] / b["tokens_per_s_median"], 3),
+                        "tokens_per_s_best_ratio": round(r["tokens_per_s_best"] / b["tokens_per_s_best"], 3)})
+    return out
 
 
 def machine_info(packages: tuple[str, ...] = ("jax", "jaxlib", "flax", "optax", "numpy")) -> dict:
@@ -354,6 +397,8 @@ def run_cells(args, specs: list[dict], run_one: Callable[[dict], dict], machine:
                                      "error": str(err)})
             print(f"[bench] {label}: FAILED: {err}", file=sys.stderr, flush=True)
     result.update({"loadavg_end": loadavg(), "wall_s": round(time.time() - started, 1), "out": str(args.out)})
+    if getattr(args, "variant", []):
+        result["variant_ratios"] = variant_ratios(result["runs"])
     return result
 
 
@@ -364,12 +409,16 @@ def write_result(result: dict, out: str | Path) -> None:
 
 
 def print_table(result: dict) -> None:
-    print(f"{'impl':<15} {'obj':<4} {'cfg':<3} {'tok/s':>9} {'best':>9} {'compile s':>9} {'RSS MB':>8} {'MFU':>7} "
+    w = max([15] + [len(r["impl"]) for r in result["runs"]])
+    print(f"{'impl':<{w}} {'obj':<4} {'cfg':<3} {'tok/s':>9} {'best':>9} {'compile s':>9} {'RSS MB':>8} {'MFU':>7} "
           f"{'roofline':>9} {'steps':>5}")
     for r in result["runs"]:
-        print(f"{r['impl']:<15} {r['objective']:<4} {r['config']:<3} {r['tokens_per_s_median']:>9.0f} "
+        print(f"{r['impl']:<{w}} {r['objective']:<4} {r['config']:<3} {r['tokens_per_s_median']:>9.0f} "
               f"{r['tokens_per_s_best']:>9.0f} {r['compile_s']:>9.2f} {r['peak_rss_mb']:>8.0f} {r['mfu']:>7.3f} "
               f"{r['roofline_gflops']:>9.1f} {r['steps_timed']:>5}")
+    for q in result.get("variant_ratios", []):
+        print(f"{q['variant']} {q['objective']} {q['config']}: tokens/s x{q['tokens_per_s_ratio']} the baseline "
+              f"(x{q['tokens_per_s_best_ratio']} by best step)")
     print(f"load average {result['loadavg_start']} -> {result['loadavg_end']}; wrote {result['out']}")
 
 

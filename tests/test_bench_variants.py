@@ -1,0 +1,47 @@
+"""`--variant KEY=VALUE`: a config change timed beside its baseline in the same benchmark window."""
+
+import argparse
+
+import pytest
+
+from jaxformer import timing
+from jaxformer.errors import UserError
+
+
+def _args(*argv):
+    p = argparse.ArgumentParser()
+    timing.add_arguments(p)
+    return p.parse_args(list(argv))
+
+
+def test_variants_follow_their_baseline_in_every_cell():
+    args = _args("--configs", "S", "M", "--variant", "model.attention_impl=xla",
+                 "--variant", "model.xent_chunk=64,model.remat=true")
+    specs = timing.plan(args, ["jaxformer", "plain-jax"])
+    names = [(s["config"], s["objective"], s["impl"]) for s in specs]
+    assert names[:4] == [("S", "clm", "jaxformer"), ("S", "clm", "jaxformer[model.attention_impl=xla]"),
+                         ("S", "clm", "jaxformer[model.xent_chunk=64,model.remat=true]"), ("S", "clm", "plain-jax")]
+    assert len(specs) == 2 * 2 * 4
+    assert specs[2]["overrides"] == {"model.xent_chunk": "64", "model.remat": "true"}
+    assert "overrides" not in specs[0] and "overrides" not in specs[3]
+    cfg = timing.bench_config("clm", "S", batch_size=2, seq_len=8, vocab=64, overrides=specs[2]["overrides"])
+    assert cfg.model.xent_chunk == 64 and cfg.model.remat is True
+
+
+def test_variant_ratio_is_over_the_same_cells_baseline():
+    runs = [{"impl": "jaxformer", "objective": "clm", "config": "S", "tokens_per_s_median": 100.0,
+             "tokens_per_s_best": 110.0},
+            {"impl": "jaxformer", "objective": "clm", "config": "M", "tokens_per_s_median": 50.0,
+             "tokens_per_s_best": 55.0},
+            {"impl": "jaxformer[x=1]", "objective": "clm", "config": "M", "overrides": {"x": "1"},
+             "tokens_per_s_median": 60.0, "tokens_per_s_best": 55.0}]
+    assert timing.variant_ratios(runs) == [{"variant": "jaxformer[x=1]", "objective": "clm", "config": "M",
+                                            "tokens_per_s_ratio": 1.2, "tokens_per_s_best_ratio": 1.0}]
+
+
+@pytest.mark.parametrize("text,match", [("model.attention_imp=xla", "did you mean"),
+                                        ("model.attention_impl=flash", "choose one of"),
+                                        ("model.attention_impl", "KEY=VALUE")])
+def test_a_bad_variant_is_one_sentence_before_any_cell_runs(text, match):
+    with pytest.raises(UserError, match=match):
+        timing.check_sizes(_args("--variant", text))
