@@ -119,6 +119,28 @@ def test_loss_accuracy_and_gradients_equal_the_unpadded_model(kind, extra, chunk
         assert not pad.any()  # the padded rows never learn
 
 
+def test_distillation_compares_teacher_and_student_over_the_true_vocabulary():
+    """A student padded to 16 learns from a teacher padded to 128: the soft-target term is the one an unpadded
+    teacher with the same real weights gives (its padded rows hold large values that would change it if read)."""
+    from jaxformer.objectives.distill import DistilledCausalLM, Teacher
+
+    cfg = cfg_for("clm")
+    student = build_model(cfg, seed=2)
+    objective = DistilledCausalLM(cfg.objective, V, objectives.for_config(cfg).specials)
+    ex = objective.prepare(batch(cfg), jax.random.key(0))
+    teacher_padded, teacher_plain = pair_of_models("clm", multiple=128, padding_value=50.0)
+    graphdef, params = nnx.split(student)
+
+    @jax.jit
+    def soft_term(params, teacher):
+        _, stats = objective.loss_sums(nnx.merge(graphdef, params), ex, rng=None, teacher=teacher)
+        return stats["terms"]["distill_loss"]
+
+    soft = [float(soft_term(params, Teacher(*reversed(nnx.split(model)), cfg=cfg_for("clm", multiple))))
+            for model, multiple in ((teacher_padded, 128), (teacher_plain, 0))]
+    assert soft[0] == pytest.approx(soft[1], rel=1e-5) and soft[1] > 0
+
+
 # ---------------------------------------------------------------------------------------------- decoding
 
 def test_sampling_and_fill_mask_never_pick_a_padded_id():
