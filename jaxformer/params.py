@@ -202,14 +202,17 @@ def count(cfg: config_lib.Config) -> dict:
     }
     if m.padded_vocab_size != m.vocab_size:
         # Zero rows that are never read: in `total` (they are allocated), in no published count.
-        rows = m.padded_vocab_size - m.vocab_size
-        per_row = e * (1 + (not m.tie_embeddings)) + (head == "mlm")  # embedding, untied LM head, MLM bias
+        rows, width = m.padded_vocab_size - m.vocab_size, m.embed_dim or m.d_model
+        per_row = width * (1 + (not m.tie_embeddings)) + (head == "mlm")  # embedding, untied LM head, MLM bias
         report["vocab_padding"] = {"vocab_size": m.vocab_size, "padded_vocab_size": m.padded_vocab_size,
                                    "padded_params": rows * per_row,
                                    "total_without_padding": total - rows * per_row}
     if not objective.causal:
-        report["bertmodel_convention"] = bert_model_convention(report, m.d_model, has_types=m.type_vocab_size > 0,
-                                                               has_pooler=params["pooler"] > 0)
+        # BertModel has vocab_size embedding rows (export-hf drops the padding), so its count leaves them out.
+        embed_padding = (m.padded_vocab_size - m.vocab_size) * (m.embed_dim or m.d_model)
+        report["bertmodel_convention"] = bert_model_convention(
+            {**report, "backbone": report["backbone"] - embed_padding}, m.d_model, has_types=m.type_vocab_size > 0,
+            has_pooler=params["pooler"] > 0)
     return report
 
 

@@ -95,6 +95,11 @@ def test_tables_are_padded_and_the_real_rows_start_as_without_padding():
                                        "total_without_padding": 124_439_808}
     head = {c["name"]: c for c in report["components"]}["lm_head"]
     assert (head["forward_flops_executed"], head["forward_flops_ideal"]) == (2 * 768 * 50304, 2 * 768 * 50257)
+    # BERT-base: 70 zero rows of the table and of the MLM bias; the published BertModel count does not move.
+    bert = count(config_lib.apply_overrides(config_lib.get_preset("bert-base"), ["model.vocab_pad_multiple=128"]))
+    assert bert["vocab_padding"]["padded_params"] == 70 * (768 + 1)
+    assert bert["vocab_padding"]["total_without_padding"] == 110_106_428
+    assert bert["bertmodel_convention"]["params"] == 109_482_240
     with pytest.raises(UserError, match="model.vocab_pad_multiple"):
         cfg_for("clm", -1)
 
