@@ -174,21 +174,21 @@ class Transformer(nnx.Module):
             h_xD = jnp.einsum("...d,ed->...e", h_xD.astype(self.dtype), self.embed_proj.kernel[...].astype(self.dtype))
         return self.vocab_logits(h_xD)
 
-    def vocab_logits(self, h_xE: jax.Array, bias_V: jax.Array | None = None) -> jax.Array:
-        """The vocabulary projection of embedding-width [..., E] vectors (E = D unless factorised), plus `bias_V`,
+    def vocab_logits(self, h_xE: jax.Array, bias_U: jax.Array | None = None) -> jax.Array:
+        """The vocabulary projection of embedding-width [..., E] vectors (E = D unless factorised), plus `bias_U`,
         -> [..., vocab_size].
 
         The one place where padded vocabulary rows (model.vocab_pad_multiple) end: the matmul runs at the padded
         width (the shape accelerators tile well), then the logits are cut back to the true vocabulary, so no loss,
         metric, sampler or export ever sees a padded column."""
         if self.lm_head is not None:
-            logits_xVp = self.lm_head(h_xE)
+            logits_xU = self.lm_head(h_xE)
         else:
-            logits_xVp = jnp.einsum("...e,ve->...v", h_xE.astype(self.dtype), self.embed[...].astype(self.dtype))
-        if bias_V is not None:
-            logits_xVp = logits_xVp + bias_V.astype(self.dtype)
+            logits_xU = jnp.einsum("...e,ve->...v", h_xE.astype(self.dtype), self.embed[...].astype(self.dtype))
+        if bias_U is not None:
+            logits_xU = logits_xU + bias_U.astype(self.dtype)
         v = self.cfg.vocab_size
-        return logits_xVp if logits_xVp.shape[-1] == v else logits_xVp[..., :v]
+        return logits_xU if logits_xU.shape[-1] == v else logits_xU[..., :v]
 
     def mlm_logits(self, h_xD: jax.Array) -> jax.Array:
         """BERT's MLM head on [..., D] hidden states (call it on the masked positions only); ALBERT's when the
