@@ -3,10 +3,12 @@ published dense bf16 peak of the device it finds.
 
     python benchmarks/bench_gpu.py [--batch-size 16] [--seq-len 1024] [--steps 20] [--out bench/gpu.json]
     python benchmarks/bench_gpu.py --smoke        # tiny shapes, any backend (CI runs this on CPU)
+    python benchmarks/bench_gpu.py --vocab-pad-multiple 0   # the unpadded 50257-row head, for comparison
 
 The step is jaxformer's real `train.train_step` (`model.dtype=bfloat16`, `model.attention_impl=auto`: cuDNN flash
-attention on NVIDIA GPUs), AOT-compiled with XLA's memory analysis recorded. MFU = model FLOPs per token
-(`jaxformer.params`, as executed) x tokens/s / peak. On a device missing from PEAK_TFLOPS (a CPU, say) the peak
+attention on NVIDIA GPUs; `model.vocab_pad_multiple=128`: the vocabulary tables padded 50257 -> 50304),
+AOT-compiled with XLA's memory analysis recorded. MFU = model FLOPs per token (`jaxformer.params`, as executed,
+so at the padded head width) x tokens/s / peak; compare padded and unpadded runs by tokens/s. On a device missing from PEAK_TFLOPS (a CPU, say) the peak
 is the `jnp.dot` bf16 roofline measured in the same process, and the JSON says so.
 """
 
@@ -28,7 +30,8 @@ from jaxformer.params import count
 # Dense bf16 peak TFLOP/s from the vendors' data sheets (no sparsity), by a substring of `device_kind`.
 PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "A10G": 70.0,
                "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v6": 918.0}
-SMOKE = {"model.n_layer": 2, "model.d_model": 64, "model.n_heads": 2, "model.vocab_size": 512,
+# An odd vocabulary (padded to 512), so the smoke run goes through model.vocab_pad_multiple like the real one.
+SMOKE = {"model.n_layer": 2, "model.d_model": 64, "model.n_heads": 2, "model.vocab_size": 500,
          "model.max_seq_len": 64}
 
 
@@ -57,7 +60,8 @@ def _timed(fn) -> float:
 def run(args) -> dict:
     values = {"model.dtype": "bfloat16", "model.param_dtype": "float32", "model.attention_impl": "auto",
               "model.dropout": 0.0, "train.batch_size": args.batch_size, "train.seq_len": args.seq_len,
-              "train.grad_accum": 1, "train.steps": 1000, "optimizer.warmup_steps": 0, "mesh.data": 1}
+              "train.grad_accum": 1, "train.steps": 1000, "optimizer.warmup_steps": 0, "mesh.data": 1,
+              "model.vocab_pad_multiple": args.vocab_pad_multiple}
     if args.smoke:
         values.update(SMOKE)
     cfg = resolve(apply_overrides(get_preset("gpt2-small"), values), n_devices=1)
@@ -93,7 +97,8 @@ def run(args) -> dict:
     return {"benchmark": "gpt2_small_bf16", "smoke": args.smoke, "device": str(device),
             "device_kind": getattr(device, "device_kind", ""), "backend": jax.default_backend(),
             "machine": timing.machine_info(), "batch_size": b, "seq_len": t, "n_layer": cfg.model.n_layer,
-            "d_model": cfg.model.d_model, "vocab_size": cfg.model.vocab_size, "dtype": cfg.model.dtype,
+            "d_model": cfg.model.d_model, "vocab_size": cfg.model.vocab_size,
+            "padded_vocab_size": cfg.model.padded_vocab_size, "dtype": cfg.model.dtype,
             "param_dtype": cfg.model.param_dtype, "attention_impl": cfg.model.attention_impl,
             "compile_s": round(compile_s, 2), **stats, "flops_per_token": flops,
             "peak_tflops": float(f"{peak:.4g}"), "peak_source": peak_source,
@@ -109,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq-len", type=int, default=None, help="default 1024 (64 with --smoke)")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 20; 2 with --smoke)")
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--vocab-pad-multiple", type=int, default=128,
+                   help="model.vocab_pad_multiple: GPT-2's 50257 -> 50304 rows, as nanoGPT pads it (0: off, the "
+                        "published shape)")
     p.add_argument("--out", default="bench/gpu.json")
     args = p.parse_args(argv)
     args.batch_size = args.batch_size or (2 if args.smoke else 16)

@@ -13,6 +13,7 @@ Shape suffixes. An array's name ends in its shape, one capital per axis joined b
     M  prediction slots (MLM masks)    P  prompt length
     L  prompt + generated buffer       W  width of the chunk being decoded
     R  generated (returned) tokens     1  an axis of size one
+    U  vocabulary padded to model.vocab_pad_multiple (the head's matmul width; sliced to V right after)
 """
 
 __version__ = "0.1.0"

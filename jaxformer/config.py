@@ -20,6 +20,10 @@ from jaxformer.errors import UserError
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int = 0  # 0: taken from the tokenizer
+    # Accelerators: allocate the embedding table / LM head (and MLM bias) with the vocabulary rounded up to a
+    # multiple of this (GPT-2's 50257 -> 50304 with 128), so the head matmul tiles evenly and splits over the
+    # tensor axis. The padded rows are never read: the head's logits are cut back to vocab_size. 0 or 1: off.
+    vocab_pad_multiple: int = 0
     n_layer: int = 4
     d_model: int = 128
     n_heads: int = 4
@@ -65,6 +69,12 @@ class ModelConfig:
     # Cross-layer parameter sharing (ALBERT): none | all | attention | mlp. Shared = one module object run by
     # every layer, so the state holds one copy and its gradient sums over the layers.
     share_layers: str = "none"
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the vocabulary tables: vocab_size rounded up to `vocab_pad_multiple` (vocab_size when off)."""
+        multiple = max(self.vocab_pad_multiple, 1)
+        return -(-self.vocab_size // multiple) * multiple
 
 
 @dataclass(frozen=True)
@@ -396,7 +406,8 @@ def validate(cfg: Config, n_devices: int | None = None) -> None:
                        ("train.grad_accum", t.grad_accum), ("train.log_every", t.log_every),
                        ("train.checkpoint_every", t.checkpoint_every), ("train.eval_batches", t.eval_batches)]:
         _check(value > 0, f"Bad value {value} for {key}: it must be positive.")
-    for key, value in [("model.vocab_size", m.vocab_size), ("model.head_dim", m.head_dim),
+    for key, value in [("model.vocab_size", m.vocab_size), ("model.vocab_pad_multiple", m.vocab_pad_multiple),
+                       ("model.head_dim", m.head_dim),
                        ("model.xent_chunk", m.xent_chunk),
                        ("model.max_seq_len", m.max_seq_len), ("model.init_std", m.init_std),
                        ("model.moe_aux_weight", m.moe_aux_weight), ("train.seed", t.seed),

@@ -15,7 +15,9 @@ Conventions (tests/test_params.py checks them against a count written from the f
   causal), the MLM head at mask_rate of the positions, top_k experts per token.
 - training = 3 x forward: the backward pass does two matmuls per forward one (input and weight gradients).
 - The vocabulary projection (`lm_head`) costs 2 x d_model x vocab per predicted position whether or not it shares
-  its matrix with the embedding; its parameters are counted once (under `embedding` when tied).
+  its matrix with the embedding; its parameters are counted once (under `embedding` when tied). With
+  `model.vocab_pad_multiple` the executed count uses the padded vocabulary (the matmul XLA runs), the ideal count
+  the true one; the padded rows are in `total` and reported apart under `vocab_padding`.
 - `weight_matrices` counts under the GPT-3 walk-through's convention: one query, key and value matrix per head,
   one output matrix and the MLP's matrices per layer, the embedding and a separate unembedding (counted even when
   tied); no biases, norms or position tables.
@@ -151,12 +153,15 @@ def count(cfg: config_lib.Config) -> dict:
         matrix_weights += size
 
     e = m.embed_dim or m.d_model
-    vocab_projection = 2 * e * m.vocab_size  # from the embedding width (the MLM head's dense ends at width E)
+    # From the embedding width (the MLM head's dense ends at width E); the matmul XLA runs is padded_vocab_size
+    # wide (model.vocab_pad_multiple), what the model needs is vocab_size wide.
+    vocab_projection = {"executed": 2 * e * m.padded_vocab_size, "ideal": 2 * e * m.vocab_size}
     if head == "lm" and e != m.d_model:
-        vocab_projection += 2 * m.d_model * e  # back through the tied embedding projection first
+        for kind in vocab_projection:
+            vocab_projection[kind] += 2 * m.d_model * e  # back through the tied embedding projection first
     if head in ("lm", "mlm"):
-        executed["lm_head"] = vocab_projection * executed_fraction
-        ideal["lm_head"] = vocab_projection * ideal_fraction
+        executed["lm_head"] = vocab_projection["executed"] * executed_fraction
+        ideal["lm_head"] = vocab_projection["ideal"] * ideal_fraction
     matrices += 2  # the embedding and the unembedding (counted as its own matrix even when tied)
     matrix_weights += 2 * m.vocab_size * e
 
@@ -195,9 +200,19 @@ def count(cfg: config_lib.Config) -> dict:
         "flops_per_token": training["executed"],  # kept for readers of earlier reports
         "weight_matrices": {"matrices": matrices, "weights": matrix_weights},
     }
+    if m.padded_vocab_size != m.vocab_size:
+        # Zero rows that are never read: in `total` (they are allocated), in no published count.
+        rows, width = m.padded_vocab_size - m.vocab_size, m.embed_dim or m.d_model
+        per_row = width * (1 + (not m.tie_embeddings)) + (head == "mlm")  # embedding, untied LM head, MLM bias
+        report["vocab_padding"] = {"vocab_size": m.vocab_size, "padded_vocab_size": m.padded_vocab_size,
+                                   "padded_params": rows * per_row,
+                                   "total_without_padding": total - rows * per_row}
     if not objective.causal:
-        report["bertmodel_convention"] = bert_model_convention(report, m.d_model, has_types=m.type_vocab_size > 0,
-                                                               has_pooler=params["pooler"] > 0)
+        # BertModel has vocab_size embedding rows (export-hf drops the padding), so its count leaves them out.
+        embed_padding = (m.padded_vocab_size - m.vocab_size) * (m.embed_dim or m.d_model)
+        report["bertmodel_convention"] = bert_model_convention(
+            {**report, "backbone": report["backbone"] - embed_padding}, m.d_model, has_types=m.type_vocab_size > 0,
+            has_pooler=params["pooler"] > 0)
     return report
 
 
@@ -239,6 +254,12 @@ def print_table(counts: dict) -> None:
     console.print(f"training FLOPs per token (3 x forward): {train['executed']:,} executed, {train['ideal']:,} ideal")
     console.print(f"weight matrices (per-head q/k/v, untied unembedding, no biases/norms/positions): "
                   f"{wm['matrices']:,} matrices, {wm['weights']:,} weights")
+    if "vocab_padding" in counts:
+        pad = counts["vocab_padding"]
+        console.print(f"vocabulary padded {pad['vocab_size']:,} -> {pad['padded_vocab_size']:,} rows "
+                      f"(model.vocab_pad_multiple): {pad['padded_params']:,} of the parameters are zero padding; "
+                      f"{pad['total_without_padding']:,} without it. The LM head's executed FLOPs are at the padded "
+                      f"width, the ideal ones at the true vocabulary.")
     if "bertmodel_convention" in counts:
         bert = counts["bertmodel_convention"]
         extra = ", ".join(f"{k} {v:,}" for k, v in bert["not_in_this_model"].items())

@@ -53,8 +53,15 @@ def _params_paths(model) -> list[str]:
     return [".".join(map(str, path)) for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Param)]
 
 
+def _vocab_axis(var) -> int | None:
+    """Which axis of a parameter is the vocabulary (padded by model.vocab_pad_multiple), if any."""
+    axes = var.get_metadata().get("axes") or ()
+    return axes.index("vocab") if "vocab" in axes else None
+
+
 def _fill(cfg: Config, values: dict[str, np.ndarray], source: str):
-    """Write `values` into an abstract model for cfg; every parameter must be given, with its exact shape."""
+    """Write `values` into an abstract model for cfg; every parameter must be given, with its exact shape (a
+    vocabulary axis of vocab_size rows is padded with zeros to the model's padded size)."""
     model = nnx.eval_shape(lambda: build_model(cfg))
     dtype = jnp.dtype(cfg.model.param_dtype)
     missing = sorted(set(_params_paths(model)) - set(values))
@@ -62,6 +69,11 @@ def _fill(cfg: Config, values: dict[str, np.ndarray], source: str):
         raise UserError(f"{source} lacks weights for jaxformer parameters {missing[:3]}: is it a complete model?")
     for path, value in values.items():
         var = _walk(model, path)
+        axis = _vocab_axis(var)
+        if axis is not None and value.shape[axis] == cfg.model.vocab_size != var.shape[axis]:
+            widths = [(0, 0)] * value.ndim
+            widths[axis] = (0, var.shape[axis] - value.shape[axis])
+            value = np.pad(value, widths)
         if tuple(var.shape) != value.shape:
             raise UserError(f"{source}: weight for {path} has shape {value.shape}, expected {tuple(var.shape)}.")
         var.set_value(jnp.asarray(value, dtype))
@@ -82,6 +94,14 @@ def load_hf_params(path: str | Path) -> tuple[Config, nnx.GraphDef, nnx.State]:
         raise UserError(f"{path} has no tensor {err} that a {kind} model needs: is it a {kind} checkpoint?") from None
     graphdef, params = _fill(cfg, values, str(path))
     return cfg, graphdef, params
+
+
+def repad_vocab(cfg: Config, graphdef: nnx.GraphDef, params: nnx.State) -> tuple[nnx.GraphDef, nnx.State]:
+    """An imported (unpadded) model's parameters for `cfg`, whose model.vocab_pad_multiple may pad its
+    vocabulary tables (with zero rows)."""
+    model = nnx.merge(graphdef, params)
+    values = {path: np.asarray(_walk(model, path)[...]) for path in _params_paths(model)}
+    return _fill(cfg, values, "the imported model")
 
 
 # ---------------------------------------------------------------------------------------------- the imported model
@@ -136,7 +156,13 @@ def _getters(cfg: Config, params: nnx.State) -> tuple[Callable, Callable]:
     has no such parameter (a model trained with model.bias=false exports zero biases: the same function)."""
     graphdef = nnx.split(nnx.eval_shape(lambda: build_model(cfg)))[0]
     model = nnx.merge(graphdef, params)
-    get = lambda path: np.asarray(jax.device_get(_walk(model, path)[...]), np.float32)
+
+    def get(path: str) -> np.ndarray:
+        var = _walk(model, path)
+        value = np.asarray(jax.device_get(var[...]), np.float32)
+        axis = _vocab_axis(var)  # HF tables have exactly vocab_size rows: model.vocab_pad_multiple's go
+        return value if axis is None else np.take(value, np.arange(cfg.model.vocab_size), axis=axis)
+
     maybe = lambda path, shape: get(path) if _walk_or_none(model, path) is not None else np.zeros(shape, np.float32)
     return get, maybe
 

@@ -23,12 +23,14 @@ from jaxformer import config as config_lib
 from jaxformer.checkpoint import Checkpointer
 from jaxformer.data.hf_tokenizer import HFTokenizer
 from jaxformer.errors import UserError
-from jaxformer.hf.convert import FAMILIES, load_hf_params, to_hf_bert, to_hf_gpt2
+from jaxformer.hf.convert import FAMILIES, load_hf_params, repad_vocab, to_hf_bert, to_hf_gpt2
 from jaxformer.hf.files import model_type, read_config
 
 IMPORTED_FILE = "imported.json"  # where an imported run came from
 # What the model and its tokenizer fix; everything else (train.*, data.source, optimizer.*) may be --set.
 FIXED_KEYS = ("model.", "objective.kind", "data.tokenizer", "data.vocab_size", "data.special_ids")
+# model.* keys that are about how the run computes, not what the model is: these may be --set on import.
+SETTABLE_MODEL_KEYS = ("model.vocab_pad_multiple",)
 
 
 def _check_new_dir(path: Path, flag: str) -> None:
@@ -42,7 +44,7 @@ def imported_config(folder: Path, cfg: config_lib.Config, tokenizer: HFTokenizer
     """The imported model's config with the user's non-model overrides, resolved for this host."""
     for item in overrides:
         key = item.partition("=")[0].strip()
-        if key.startswith(FIXED_KEYS):
+        if key.startswith(FIXED_KEYS) and key not in SETTABLE_MODEL_KEYS:
             raise UserError(f"{key} comes from the model in {folder}, so import-hf does not take it from --set: "
                             f"leave it out.")
     cfg = config_lib.apply_overrides(replace(cfg, mesh=config_lib.MeshConfig()), overrides)
@@ -62,7 +64,10 @@ def import_run(folder: str | Path, workdir: str | Path, overrides: list[str] = (
     kind = model_type(read_config(folder))
     tokenizer = HFTokenizer.from_folder(folder)  # before the (maybe large) weights: a missing file fails fast
     cfg, graphdef, params = load_hf_params(folder)
+    imported = cfg
     cfg = imported_config(folder, cfg, tokenizer, list(overrides))
+    if cfg.model.padded_vocab_size != imported.model.padded_vocab_size:  # --set model.vocab_pad_multiple
+        graphdef, params = repad_vocab(cfg, graphdef, params)
     abstract = train.abstract_state(cfg)
     params = nnx.split(nnx.merge(graphdef, params), nnx.Param)[1]
     state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=abstract.tx.init(params),

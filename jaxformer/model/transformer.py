@@ -74,7 +74,12 @@ class Transformer(nnx.Module):
         # The embedding width's logical axis: d_model's ("embed"), or ALBERT's narrower "embed_factor".
         ew = "embed" if e == d else "embed_factor"
         normal = jax.nn.initializers.normal(cfg.init_std)
-        self.embed = nnx.Param(normal(rngs.params(), (cfg.vocab_size, e), param_dtype), axes=("vocab", ew))
+        # model.vocab_pad_multiple: the vocabulary tables get `pad` extra rows, initialised to zero so that the
+        # real rows draw the same values as without padding; the head cuts its logits back to vocab_size, so the
+        # extra rows get zero gradients and stay zero.
+        pad = cfg.padded_vocab_size - cfg.vocab_size
+        self.embed = nnx.Param(jnp.pad(normal(rngs.params(), (cfg.vocab_size, e), param_dtype), ((0, pad), (0, 0))),
+                               axes=("vocab", ew))
         self.pos_embed = nnx.Param(normal(rngs.params(), (cfg.max_seq_len, e), param_dtype),
                                    axes=(None, ew)) if cfg.positions == "learned" else None
         self.type_embed = nnx.Param(normal(rngs.params(), (cfg.type_vocab_size, e), param_dtype),
@@ -93,12 +98,14 @@ class Transformer(nnx.Module):
         self.final_norm = None if cfg.post_norm else Norm(cfg)  # post-norm blocks already end normalised
         self.lm_head = None if cfg.tie_embeddings else Linear(
             "...e,ev->...v", (e, cfg.vocab_size), (ew, "vocab"), cfg=cfg, rngs=rngs)
+        if self.lm_head is not None and pad:
+            self.lm_head.kernel = nnx.Param(jnp.pad(self.lm_head.kernel[...], ((0, 0), (0, pad))), axes=(ew, "vocab"))
         if mlm_head:  # BERT: dense + activation + norm, then the (tied) vocabulary projection plus a bias
             # (ALBERT: the dense maps D to the embedding width E, so the tied E-wide table projects it)
             self.mlm_transform = Linear("...d,de->...e", (d, e), ("embed", "mlp" if e == d else ew),
                                         bias_shape=(e,), bias_axes=("norm",), cfg=cfg, rngs=rngs)
             self.mlm_norm = Norm(cfg, width=e)
-            self.mlm_bias = nnx.Param(jnp.zeros((cfg.vocab_size,), param_dtype), axes=("vocab",))
+            self.mlm_bias = nnx.Param(jnp.zeros((cfg.padded_vocab_size,), param_dtype), axes=("vocab",))
         else:
             self.mlm_transform = self.mlm_norm = self.mlm_bias = None
         # Sequence classification (fine-tuning): pooled hidden state [B, D] -> class logits [B, n_classes].
@@ -167,17 +174,27 @@ class Transformer(nnx.Module):
             h_xD = jnp.einsum("...d,ed->...e", h_xD.astype(self.dtype), self.embed_proj.kernel[...].astype(self.dtype))
         return self.vocab_logits(h_xD)
 
-    def vocab_logits(self, h_xE: jax.Array) -> jax.Array:
-        """The vocabulary projection of embedding-width [..., E] vectors (E = D unless factorised)."""
+    def vocab_logits(self, h_xE: jax.Array, bias_U: jax.Array | None = None) -> jax.Array:
+        """The vocabulary projection of embedding-width [..., E] vectors (E = D unless factorised), plus `bias_U`,
+        -> [..., vocab_size].
+
+        The one place where padded vocabulary rows (model.vocab_pad_multiple) end: the matmul runs at the padded
+        width (the shape accelerators tile well), then the logits are cut back to the true vocabulary, so no loss,
+        metric, sampler or export ever sees a padded column."""
         if self.lm_head is not None:
-            return self.lm_head(h_xE)
-        return jnp.einsum("...e,ve->...v", h_xE.astype(self.dtype), self.embed[...].astype(self.dtype))
+            logits_xU = self.lm_head(h_xE)
+        else:
+            logits_xU = jnp.einsum("...e,ve->...v", h_xE.astype(self.dtype), self.embed[...].astype(self.dtype))
+        if bias_U is not None:
+            logits_xU = logits_xU + bias_U.astype(self.dtype)
+        v = self.cfg.vocab_size
+        return logits_xU if logits_xU.shape[-1] == v else logits_xU[..., :v]
 
     def mlm_logits(self, h_xD: jax.Array) -> jax.Array:
         """BERT's MLM head on [..., D] hidden states (call it on the masked positions only); ALBERT's when the
         embeddings are factorised (its dense maps to width E)."""
         h = activation("gelu", self.cfg.gelu_approximate)(self.mlm_transform(h_xD))
-        return self.vocab_logits(self.mlm_norm(h)) + self.mlm_bias[...].astype(self.dtype)
+        return self.vocab_logits(self.mlm_norm(h), self.mlm_bias[...])
 
     def pair_logits(self, cls_BxD: jax.Array) -> jax.Array:
         """The sentence-pair head on the [CLS] hidden states: pooler (dense + tanh), then 2 logits [B, 2]."""
