@@ -9,7 +9,9 @@ Conventions (tests/test_params.py checks them against a count written from the f
   few per cent of XLA's own count at these widths.
 - "Per token" is per input position of a training window (`train.seq_len` positions per sequence).
 - forward **executed**: what the compiled XLA program multiplies. Attention scores and values over the full T x T
-  square (causal and window masks are applied after the products), the MLM head at its ceil(mask_rate x T) fixed
+  square (causal and window masks are applied after the products) — except with `model.attention_impl=blocked`,
+  which stops each causal query block at its last row (`auto` is counted as the full square, whichever kernel it
+  picks on the machine that runs it: the count is the config's, not the backend's) — the MLM head at its ceil(mask_rate x T) fixed
   prediction slots, MoE experts at their capacity plus the one-hot dispatch/combine matmuls.
   forward **ideal**: what the model needs. Each query against only the keys it may see ((T+1)/2 on average when
   causal), the MLM head at mask_rate of the positions, top_k experts per token.
@@ -105,6 +107,7 @@ def count(cfg: config_lib.Config) -> dict:
     """The accounting of a config: parameters and forward FLOPs per token for each component, totals per token
     forward and per training token (executed and ideal), and the walk-through's weight-matrix count."""
     from jaxformer import objectives
+    from jaxformer.model import attention_kernels
     from jaxformer.model.transformer import layer_is_moe, layer_window
 
     cfg = config_lib.resolve(cfg, vocab_size=cfg.model.vocab_size or 256)
@@ -166,9 +169,11 @@ def count(cfg: config_lib.Config) -> dict:
     matrix_weights += 2 * m.vocab_size * e
 
     d_attn = m.n_heads * m.head_dim
+    impl = "xla" if m.attention_impl == "auto" else m.attention_impl
     for layer in range(m.n_layer):
         # q.k over the keys, then the weighted sum of values: 2 x 2 x d_attn FLOPs per (query, key) pair.
-        executed["attention.scores"] += 4 * d_attn * t
+        executed["attention.scores"] += 4 * d_attn * attention_kernels.keys_multiplied(t, causal=objective.causal,
+                                                                                      impl=impl)
         ideal["attention.scores"] += 4 * d_attn * _visible_keys(t, objective.causal, layer_window(m, layer))
         if layer_is_moe(m, layer):
             e, c, k, d = m.n_experts, capacity, m.moe_top_k, m.d_model
@@ -195,6 +200,7 @@ def count(cfg: config_lib.Config) -> dict:
         "objective": cfg.objective.kind,
         "causal": objective.causal,
         "predicted_fraction": {"executed": executed_fraction, "ideal": ideal_fraction},
+        "attention_impl": m.attention_impl,
         "forward_flops_per_token": forward,
         "training_flops_per_token": training,
         "flops_per_token": training["executed"],  # kept for readers of earlier reports

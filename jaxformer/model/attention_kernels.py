@@ -46,6 +46,15 @@ def resolve(impl: str, dtype: str, *, window: int = 0, segment_ids: bool = False
     return "blocked" if backend == "cpu" else "xla"
 
 
+def keys_multiplied(t: int, *, causal: bool, impl: str) -> float:
+    """Average number of keys per query whose products the kernel `impl` (resolved) computes in a window of t
+    positions: `blocked` stops each causal query block at its last row; the others compute the full square (the
+    fused kernels skip masked tiles too, but by their own tiling, so T stays their upper bound)."""
+    if impl != "blocked" or not causal:
+        return float(t)
+    return sum((stop - start) * stop for start in range(0, t, BLOCK) for stop in [min(start + BLOCK, t)]) / t
+
+
 def check(impl: str, *, window: int, segment_ids: bool) -> None:
     """One sentence when `impl` cannot express the masking a run asks for (config validation)."""
     if impl == "cudnn" and segment_ids:
