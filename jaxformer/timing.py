@@ -338,7 +338,7 @@ def run_cells(args, specs: list[dict], run_one: Callable[[dict], dict], machine:
               "flops_note": "model FLOPs per token = 6 x matmul params (LM head included) + 12 x layers x d x seq "
                             "(attention, full square); MLM counts its head only for mask_rate of the positions; "
                             "mfu = flops_per_token x tokens_per_s_median / roofline_gflops, the better of two "
-                            "best-of-10 2048^3 fp32 matmul timings in the same process (before and after the run); "
+                            f"best-of-10 {roofline_n()}^3 fp32 matmul timings in the same process (before and after the run); "
                             "mfu_best uses tokens_per_s_best (the fastest step)",
               "noise_note": "shared machine: other processes' load changes the capacity within minutes; impls run "
                             "back to back per cell; compare ratios of the same run, and see tokens_per_s_best",
