@@ -43,7 +43,15 @@ MASK_RATE = 0.15
 # Optimizer of every cell: AdamW(lr, b1, b2, eps, weight decay) + clip_by_global_norm(GRAD_CLIP).
 OPT = {"lr": 1e-3, "b1": 0.9, "b2": 0.99, "eps": 1e-8, "weight_decay": 0.1}
 GRAD_CLIP = 1.0
-ROOFLINE_N = 2048
+
+
+def roofline_n() -> int:
+    """Side of the roofline matmul: 2048, or JAXFORMER_ROOFLINE_N. The tests set a small one: they check the
+    contract, not the figure, and two loops of 2048^3 matmuls are most of a tiny cell's time."""
+    return int(os.environ.get("JAXFORMER_ROOFLINE_N", 2048))
+
+
+ROOFLINE_N = roofline_n()  # read when a cell's process starts (the cells run in fresh subprocesses)
 RESULT_TAG = "BENCH_RESULT "  # a child's result line on stdout
 
 
@@ -375,11 +383,11 @@ def run_cells(args, specs: list[dict], run_one: Callable[[dict], dict], machine:
     result = {"benchmark": "train_throughput", "quick": bool(args.quick), "machine": machine,
               "loadavg_start": loadavg(), "batch_size": args.batch_size, "seq_len": args.seq_len,
               "vocab": args.vocab, "dtype": "float32", "mask_rate": MASK_RATE,
-              "optimizer": {"name": "adamw", **OPT, "grad_clip": GRAD_CLIP}, "roofline_matmul": ROOFLINE_N,
+              "optimizer": {"name": "adamw", **OPT, "grad_clip": GRAD_CLIP}, "roofline_matmul": roofline_n(),
               "flops_note": "model FLOPs per token = 6 x matmul params (LM head included) + 12 x layers x d x seq "
                             "(attention, full square); MLM counts its head only for mask_rate of the positions; "
                             "mfu = flops_per_token x tokens_per_s_median / roofline_gflops, the better of two "
-                            "best-of-10 2048^3 fp32 matmul timings in the same process (before and after the run); "
+                            f"best-of-10 {roofline_n()}^3 fp32 matmul timings in the same process (before and after the run); "
                             "mfu_best uses tokens_per_s_best (the fastest step)",
               "noise_note": "shared machine: other processes' load changes the capacity within minutes; impls run "
                             "back to back per cell; compare ratios of the same run, and see tokens_per_s_best",

@@ -1,7 +1,10 @@
-"""Test setup: 8 fake CPU devices for the sharding tests (must be set before JAX initialises), and the data
-root (JAXFORMER_DATA) at ../shared/data beside the repository when that folder exists."""
+"""Test setup: 8 fake CPU devices for the sharding tests (must be set before JAX initialises), the data root
+(JAXFORMER_DATA) at ../shared/data beside the repository when that folder exists, and one XLA compilation cache
+per test session."""
 
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -14,6 +17,30 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 if SHARED_DATA.is_dir():  # before any test module computes data_root()
     os.environ["JAXFORMER_DATA"] = str(SHARED_DATA)
+
+
+XLA_CACHE = "JAXFORMER_TEST_XLA_CACHE"  # the session's cache folder, made by the controller, read by the workers
+
+
+def pytest_configure(config):
+    """Most of the suite's time is XLA compiling tiny train and eval steps, and many tests compile the very same
+    program again (the same tiny config through another run, a random backbone beside a pretrained one). JAX's
+    persistent cache, in a folder of this session only and shared by the xdist workers, compiles each distinct
+    program once; a cache hit is the executable a compile would give, so no test proves less. Subprocesses the
+    tests start (CLI commands, notebooks, multi-process runs) do not use it."""
+    import jax
+
+    if not hasattr(config, "workerinput") or XLA_CACHE not in os.environ:  # the controller, or `-n 0`
+        os.environ[XLA_CACHE] = config.made_xla_cache = tempfile.mkdtemp(prefix="jaxformer-tests-xla-")
+    jax.config.update("jax_compilation_cache_dir", os.environ[XLA_CACHE])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    # A size limit turns on the cache's file lock: two workers never read an entry the other is still writing.
+    jax.config.update("jax_compilation_cache_max_size", 4 << 30)
+
+
+def pytest_unconfigure(config):
+    if made := getattr(config, "made_xla_cache", None):  # after the workers: the controller made it
+        shutil.rmtree(made, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,13 @@ CONTRACT = ("impl", "objective", "config", "tokens_per_s_median", "compile_s", "
 TINY = ["--quick", "--batch-size", "2", "--seq-len", "32", "--vocab", "256", "--steps", "2", "--warmup", "1"]
 
 
+@pytest.fixture(autouse=True)
+def _small_roofline(monkeypatch):
+    """A 512^3 roofline matmul in every cell these tests start (2048^3 took most of a tiny cell's time): the
+    contract is the same, and `roofline_matmul` in the JSON says which size ran."""
+    monkeypatch.setenv("JAXFORMER_ROOFLINE_N", "512")
+
+
 def _bench_train():
     """benchmarks/bench_train.py as a module (it is a script, not part of the package)."""
     spec = importlib.util.spec_from_file_location("bench_train", REPO / "benchmarks" / "bench_train.py")
@@ -47,7 +54,7 @@ def test_quick_bench_writes_the_contract_json(tmp_path):
     assert run["mfu"] == pytest.approx(run["flops_per_token"] * run["tokens_per_s_median"]
                                        / (run["roofline_gflops"] * 1e9))
     assert data["errors"] == [] and data["machine"]["versions"]["jax"]
-    assert data["seq_len"] == 32 and data["quick"] is True
+    assert data["seq_len"] == 32 and data["quick"] is True and data["roofline_matmul"] == 512
 
 
 def test_bad_option_exits_2(tmp_path, capsys):

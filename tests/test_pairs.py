@@ -189,8 +189,12 @@ def test_nsp_parity_with_hf_bert_for_pretraining():
 
 # ---------------------------------------------------------------------------------------------- real text
 
+# One layer: half the cost of two, and the same result. Held-out pair accuracy at step 500 (measured): 1 layer
+# 0.703 / 0.695 / 0.695 with train.seed 0 / 1 / 2, 2 layers 0.727 (seed 0); chance is 0.5. A shorter run is not
+# safe: the accuracy sits at chance for 100-200 steps before it rises, and with 250 or 300 steps (cosine or
+# constant rate) some seeds end at 0.47-0.62.
 SOP_RUN = ["data.source=text:@data/tinyshakespeare/input.txt", "objective.pair_task=sop",
-           "objective.pair_documents=paragraphs", "model.type_vocab_size=2", "model.n_layer=2", "model.d_model=64",
+           "objective.pair_documents=paragraphs", "model.type_vocab_size=2", "model.n_layer=1", "model.d_model=64",
            "train.seq_len=128", "train.batch_size=32", "train.steps=500", "train.log_every=50",
            "train.eval_every=500", "train.eval_batches=8", "train.checkpoint_every=500", "optimizer.lr=3e-3",
            "optimizer.warmup_steps=20"]
@@ -198,8 +202,8 @@ SOP_RUN = ["data.source=text:@data/tinyshakespeare/input.txt", "objective.pair_t
 
 @pytest.mark.slow
 def test_sentence_order_is_learned_on_tiny_shakespeare(shared_data, tmp_path):
-    """SOP on tiny shakespeare's speeches (blank-line paragraphs), char level, 2 layers x 64, 500 steps: the
-    held-out pair accuracy ends well above chance (0.5), the MLM loss falls too."""
+    """SOP on tiny shakespeare's speeches (blank-line paragraphs), char level, 1 layer x 64, 500 steps: the
+    held-out pair accuracy (256 pairs) ends well above chance (0.5; measured 0.70), the MLM loss falls too."""
     from jaxformer import trainer
 
     if not (shared_data / "tinyshakespeare" / "input.txt").is_file():
