@@ -118,7 +118,8 @@ def attribute(events: list[dict], hlo: dict, vocab: int) -> dict:
         raise UserError("the profile holds no XLA thunk names (not XLA:CPU's thunk runtime?); nothing to attribute.")
     t0 = min(e["ts"] for e in (walls or leaves))
     t1 = max(e["ts"] + e["dur"] for e in (walls or leaves))
-    edges = sorted([(e["ts"], 1, e["name"]) for e in leaves] + [(e["ts"] + e["dur"], -1, e["name"]) for e in leaves])
+    edges = sorted([(e["ts"], 1, e["name"]) for e in leaves] + [(e["ts"] + e["dur"], -1, e["name"]) for e in leaves]
+                   + [(t1, 0, "")])  # the end: after the last thunk, the wait for completion is idle too
     running, per_thunk, idle, last = collections.Counter(), collections.Counter(), 0.0, t0
     for ts, delta, name in edges:
         a, b = max(last, t0), min(ts, t1)
