@@ -4,15 +4,16 @@
   tested against (tests/test_accelerator_path.py).
 - `blocked`: plain XLA einsums laid out heads-first ([B, G, N/G, T, H], no K/V repeat for GQA); causal layers
   run in query blocks of `BLOCK` rows, each reading only the keys up to its last row, so the score and value
-  products above the diagonal (3/8 of them at T = 256) are never computed. On XLA:CPU the `xla` call's
-  [B, T, N, H] einsums and full-square causal scores measured ~2x slower for attention alone and ~1.12x for a
-  whole GPT train step (benchmarks/bench_train.py; issue note).
+  products above the diagonal (3/8 of them at T = 256) are never computed. On a 2-core CPU the `xla` call
+  (einsums over [B, T, N, H], the full causal square) took 2x as long for attention alone (forward + backward,
+  B 16, T 256, 6 heads of 64), and whole train steps ran 1.07x faster with `blocked` (CLM, S and M) and
+  1.02-1.03x (MLM): `benchmarks/bench_train.py --variant model.attention_impl=xla`, results/bench/train.json.
 - `cudnn`: the same call with `implementation="cudnn"`: cuDNN's fused flash attention (NVIDIA GPUs, bf16/fp16).
 - `pallas`: a Pallas flash-attention kernel from jax's own Pallas ops: the Triton kernel on GPUs, the Mosaic
   kernel on TPUs, and the GPU kernel in interpret mode on CPU (slow; there for numerics tests only).
 - `auto` (default): `cudnn` on a GPU when the compute dtype is half precision (cuDNN's flash path needs it),
-  `pallas` on a TPU, `blocked` on a CPU, `xla` otherwise. `jax.nn.dot_product_attention`'s own default (`implementation=None`)
-  picks XLA in this JAX version, so without this setting nothing would run a flash kernel.
+  `pallas` on a TPU, `blocked` on a CPU, `xla` otherwise. `jax.nn.dot_product_attention`'s own default
+  (`implementation=None`) picks XLA in this JAX version, so without this setting nothing would run a flash kernel.
 
 The fused kernels take no explicit mask: causal, sliding window (cuDNN only) and document boundaries (segment
 ids; not cuDNN in this JAX) are arguments. Decoding with a KV cache always uses `xla` (one query row per step
