@@ -8,8 +8,9 @@ published dense bf16 peak of the device it finds.
 The step is jaxformer's real `train.train_step` (`model.dtype=bfloat16`, `model.attention_impl=auto`: cuDNN flash
 attention on NVIDIA GPUs; `model.vocab_pad_multiple=128`: the vocabulary tables padded 50257 -> 50304),
 AOT-compiled with XLA's memory analysis recorded. MFU = model FLOPs per token (`jaxformer.params`, as executed,
-so at the padded head width) x tokens/s / peak; compare padded and unpadded runs by tokens/s. On a device missing from PEAK_TFLOPS (a CPU, say) the peak
-is the `jnp.dot` bf16 roofline measured in the same process, and the JSON says so.
+so at the padded head width) x tokens/s / peak; compare padded and unpadded runs by tokens/s. On a device missing
+from PEAK_TFLOPS (a CPU, say) the peak is the `jnp.dot` bf16 roofline measured in the same process, and the JSON
+says so.
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ def categorize(info: dict | None, vocab: int) -> str:
     return "elementwise: forward" if "jvp(" in name else "optimizer + update"
 
 
-def attribute(events: list[dict], hlo: dict, vocab: int) -> dict:
+def attribute(events: list[dict], hlo: dict) -> dict:
     """Charge every instant of the traced steps to the thunks running then (equal shares), by category."""
     walls = [e for e in events if e.get("ph") == "X" and e["name"] == _WALL]
     leaves = [e for e in events if e.get("ph") == "X" and e.get("dur", 0) > 0 and not e["name"].startswith(_NOT_THUNKS)
@@ -155,20 +155,13 @@ def table(attributed: dict, hlo: dict, vocab: int, top: int) -> dict:
 
 def profile(args) -> dict:
     import jax
-    import numpy as np
 
-    from jaxformer import parallel, train
-    from jaxformer.config import resolve
-    from jaxformer.data.tokenizers import N_SPECIAL
+    from jaxformer import train
 
     overrides = timing.parse_variant(",".join(args.set)) if args.set else {}
-    cfg = resolve(timing.bench_config(args.objective, args.config, batch_size=args.batch_size, seq_len=args.seq_len,
-                                      vocab=args.vocab, overrides=overrides), n_devices=1)
-    mesh = parallel.make_mesh(cfg.mesh, jax.devices()[:1])
-    state, shardings = train.init_train_state(cfg, mesh)
-    tokens = np.random.default_rng(0).integers(N_SPECIAL, cfg.model.vocab_size, (args.batch_size, args.seq_len + 1),
-                                               dtype=np.int32)
-    batch = {"tokens": jax.device_put(tokens, parallel.batch_sharding(mesh, ndim=1))}
+    spec = {"objective": args.objective, "config": args.config, "batch_size": args.batch_size,
+            "seq_len": args.seq_len, "vocab": args.vocab, "overrides": overrides}
+    cfg, mesh, state, shardings, (batch,) = timing.cell_inputs(spec, n_batches=1)
     key = jax.random.key(0)
     compiled = train.compile_train_step(shardings, mesh).lower(state, batch, key).compile()
     hlo = parse_hlo(compiled.as_text())
@@ -187,7 +180,7 @@ def profile(args) -> dict:
         if not files:
             raise UserError("the JAX profiler wrote no trace here; nothing to attribute.")
         events = json.loads(gzip.decompress(files[-1].read_bytes()))["traceEvents"]
-    attributed = attribute(events, hlo, cfg.model.vocab_size)
+    attributed = attribute(events, hlo)
     return {"benchmark": "step_profile", "objective": args.objective, "config": args.config, "overrides": overrides,
             "batch_size": args.batch_size, "seq_len": args.seq_len, "vocab": args.vocab,
             "step_ms_traced": [round(t * 1e3, 1) for t in times], "machine": timing.machine_info(),

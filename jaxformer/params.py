@@ -11,8 +11,9 @@ Conventions (tests/test_params.py checks them against a count written from the f
 - forward **executed**: what the compiled XLA program multiplies. Attention scores and values over the full T x T
   square (causal and window masks are applied after the products) — except with `model.attention_impl=blocked`,
   which stops each causal query block at its last row (`auto` is counted as the full square, whichever kernel it
-  picks on the machine that runs it: the count is the config's, not the backend's) — the MLM head at its ceil(mask_rate x T) fixed
-  prediction slots, MoE experts at their capacity plus the one-hot dispatch/combine matmuls.
+  picks on the machine that runs it: the count is the config's, not the backend's) — the MLM head at its
+  ceil(mask_rate x T) fixed prediction slots, MoE experts at their capacity plus the one-hot dispatch/combine
+  matmuls.
   forward **ideal**: what the model needs. Each query against only the keys it may see ((T+1)/2 on average when
   causal), the MLM head at mask_rate of the positions, top_k experts per token.
 - training = 3 x forward: the backward pass does two matmuls per forward one (input and weight gradients).

@@ -193,9 +193,9 @@ def roofline_pair(measure: Callable[[], float], before: float) -> dict:
             "roofline_gflops_after": round(after, 1)}
 
 
-def time_train_step(spec: dict) -> dict:
-    """Compile and time jaxformer's train step for one cell (`spec`: objective, config, batch_size, seq_len,
-    vocab, warmup, steps, max_timed_s) in this process; see the module docstring for the fields."""
+def cell_inputs(spec: dict, n_batches: int):
+    """A cell's resolved config, one-device mesh, initial train state (+ shardings) and `n_batches` random token
+    batches, for the timed step here and for benchmarks/profile_step.py."""
     import jax
     import numpy as np
 
@@ -203,8 +203,6 @@ def time_train_step(spec: dict) -> dict:
     from jaxformer.config import resolve
     from jaxformer.data.tokenizers import N_SPECIAL
 
-    rss_after_import = rss_mb()
-    roofline_before = jax_roofline()
     b, t = spec["batch_size"], spec["seq_len"]
     cfg = resolve(bench_config(spec["objective"], spec["config"], batch_size=b, seq_len=t, vocab=spec["vocab"],
                                overrides=spec.get("overrides")), n_devices=1)
@@ -213,7 +211,21 @@ def time_train_step(spec: dict) -> dict:
     rng = np.random.default_rng(0)
     sharding = parallel.batch_sharding(mesh, ndim=1)
     batches = [{"tokens": jax.device_put(rng.integers(N_SPECIAL, cfg.model.vocab_size, (b, t + 1), dtype=np.int32),
-                                         sharding)} for _ in range(4)]
+                                         sharding)} for _ in range(n_batches)]
+    return cfg, mesh, state, shardings, batches
+
+
+def time_train_step(spec: dict) -> dict:
+    """Compile and time jaxformer's train step for one cell (`spec`: objective, config, batch_size, seq_len,
+    vocab, warmup, steps, max_timed_s) in this process; see the module docstring for the fields."""
+    import jax
+
+    from jaxformer import train
+
+    rss_after_import = rss_mb()
+    roofline_before = jax_roofline()
+    b, t = spec["batch_size"], spec["seq_len"]
+    cfg, mesh, state, shardings, batches = cell_inputs(spec, n_batches=4)
     key = jax.random.key(0)
 
     t0 = time.perf_counter()

@@ -44,7 +44,7 @@ def test_concurrent_thunks_share_the_time_and_gaps_are_idle():
     events = [{"ph": "X", "name": "ThunkExecutor::Execute (wait for completion)", "ts": 0, "dur": 100},
               {"ph": "X", "name": "a", "ts": 10, "dur": 50}, {"ph": "X", "name": "b", "ts": 40, "dur": 30},
               {"ph": "X", "name": "PjitFunction(step)", "ts": 0, "dur": 100}]
-    got = profile_step.attribute(events, {"a": info, "b": info}, vocab=7)
+    got = profile_step.attribute(events, {"a": info, "b": info})
     assert got["per_thunk_us"] == {"a": 30 + 10, "b": 10 + 10}
     assert got["idle_us"] == 10 + 30 and got["wall_us"] == 100 and got["steps"] == 1
 

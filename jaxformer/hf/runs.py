@@ -63,10 +63,9 @@ def import_run(folder: str | Path, workdir: str | Path, overrides: list[str] = (
     _check_new_dir(workdir, "--workdir")
     kind = model_type(read_config(folder))
     tokenizer = HFTokenizer.from_folder(folder)  # before the (maybe large) weights: a missing file fails fast
-    cfg, graphdef, params = load_hf_params(folder)
-    imported = cfg
-    cfg = imported_config(folder, cfg, tokenizer, list(overrides))
-    if cfg.model.padded_vocab_size != imported.model.padded_vocab_size:  # --set model.vocab_pad_multiple
+    hf_cfg, graphdef, params = load_hf_params(folder)
+    cfg = imported_config(folder, hf_cfg, tokenizer, list(overrides))
+    if cfg.model.padded_vocab_size != hf_cfg.model.padded_vocab_size:  # --set model.vocab_pad_multiple
         graphdef, params = repad_vocab(cfg, graphdef, params)
     abstract = train.abstract_state(cfg)
     params = nnx.split(nnx.merge(graphdef, params), nnx.Param)[1]
