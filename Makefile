@@ -19,7 +19,7 @@ EXPERIMENTS := $(subst _,-,$(basename $(notdir $(shell grep -l '^PRESET = ' $(RE
 ABLATIONS := positions norms attention mlp moe mask-rate objective size
 ABLATE_TARGETS := $(addprefix ablate-,$(ABLATIONS))
 
-.PHONY: help install install-test test test-fast lint train train-encoder shakespeare import-hf params bench bench-gpu clean \
+.PHONY: help install install-test test test-fast lint train train-encoder shakespeare import-hf params bench bench-gpu gpu-suite clean \
 	ner report compare ablate-all $(ABLATE_TARGETS) notebooks experiments $(EXPERIMENTS)
 
 # Every target with a `## what it does` comment, then one line per ablation grid (a static pattern rule).
@@ -72,6 +72,9 @@ bench:  ## benchmarks, writing JSON under bench/
 
 bench-gpu:  ## GPT-2 small in bf16 on the accelerator it finds: tokens/s and MFU against its published peak
 	$(PY) benchmarks/bench_gpu.py --out bench/gpu.json
+
+gpu-suite:  ## on a GPU: the fused kernels' tests, then bench-gpu with its variants (cuDNN vs XLA, padding, ...)
+	bash benchmarks/gpu_suite.sh bench/gpu
 
 import-hf:  ## import a local Hugging Face GPT-2/BERT folder (HF=path/to/folder) as the run runs/imported
 	jaxformer import-hf $(HF) --workdir $(WORKDIR)/imported

@@ -4,18 +4,24 @@ published dense bf16 peak of the device it finds.
     python benchmarks/bench_gpu.py [--batch-size 16] [--seq-len 1024] [--steps 20] [--out bench/gpu.json]
     python benchmarks/bench_gpu.py --smoke        # tiny shapes, any backend (CI runs this on CPU)
     python benchmarks/bench_gpu.py --vocab-pad-multiple 0   # the unpadded 50257-row head, for comparison
+    python benchmarks/bench_gpu.py --variant model.attention_impl=xla --variant model.remat=true
 
 The step is jaxformer's real `train.train_step` (`model.dtype=bfloat16`, `model.attention_impl=auto`: cuDNN flash
 attention on NVIDIA GPUs; `model.vocab_pad_multiple=128`: the vocabulary tables padded 50257 -> 50304),
 AOT-compiled with XLA's memory analysis recorded. MFU = model FLOPs per token (`jaxformer.params`, as executed,
 so at the padded head width) x tokens/s / peak; compare padded and unpadded runs by tokens/s. On a device missing
 from PEAK_TFLOPS (a CPU, say) the peak is the `jnp.dot` bf16 roofline measured in the same process, and the JSON
-says so.
+says so; the measured roofline (random bf16 operands) is recorded beside the published peak either way.
+
+Each `--variant` is a further run in the same process right after the baseline, with its tokens/s ratio to the
+baseline: a change measured on the same device in the same window. The JSON is rewritten after every run, so a
+run cut short keeps what finished; `--budget-s` skips the variants left once that much time has gone.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -26,6 +32,7 @@ import numpy as np
 
 from jaxformer import atomic, parallel, timing, train
 from jaxformer.config import apply_overrides, get_preset, resolve
+from jaxformer.errors import UserError
 from jaxformer.params import count
 
 # Dense bf16 peak TFLOP/s from the vendors' data sheets (no sparsity), by a substring of `device_kind`.
@@ -44,11 +51,18 @@ def device_peak(device) -> tuple[float | None, str]:
     return None, f"no published peak for {kind!r}"
 
 
-def bf16_roofline(n: int = 2048, repeats: int = 10) -> float:
-    a = jnp.ones((n, n), jnp.bfloat16)
+def roofline_n() -> int:
+    """The matmul size that fills the device: 8192 on an accelerator, 2048 on a CPU (seconds, not minutes)."""
+    return 2048 if jax.default_backend() == "cpu" else 8192
+
+
+def bf16_roofline(n: int, repeats: int = 10) -> float:
+    """Best-of-`repeats` TFLOP/s of one n^3 bf16 `jnp.dot` on random operands (zeros can run faster than data)."""
+    ka, kb = jax.random.split(jax.random.key(0))
+    a, b = (jax.random.normal(k, (n, n), jnp.bfloat16) for k in (ka, kb))
     dot = jax.jit(jnp.dot)
-    dot(a, a).block_until_ready()
-    best = min(_timed(lambda: dot(a, a).block_until_ready()) for _ in range(repeats))
+    dot(a, b).block_until_ready()
+    best = min(_timed(lambda: dot(a, b).block_until_ready()) for _ in range(repeats))
     return 2 * n**3 / best / 1e12
 
 
@@ -58,14 +72,21 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def run(args) -> dict:
+def bench_config(args, overrides: dict | None = None):
+    """The benchmark's config: GPT-2 small with the baseline's settings, then `overrides` (a `--variant`)."""
     values = {"model.dtype": "bfloat16", "model.param_dtype": "float32", "model.attention_impl": "auto",
               "model.dropout": 0.0, "train.batch_size": args.batch_size, "train.seq_len": args.seq_len,
               "train.grad_accum": 1, "train.steps": 1000, "optimizer.warmup_steps": 0, "mesh.data": 1,
               "model.vocab_pad_multiple": args.vocab_pad_multiple}
     if args.smoke:
         values.update(SMOKE)
-    cfg = resolve(apply_overrides(get_preset("gpt2-small"), values), n_devices=1)
+    values.update(overrides or {})
+    return resolve(apply_overrides(get_preset("gpt2-small"), values), n_devices=1)
+
+
+def run(args, overrides: dict | None = None, roofline_tflops: float | None = None) -> dict:
+    """One timed configuration (`bench_config`)."""
+    cfg = bench_config(args, overrides)
     mesh = parallel.make_mesh(cfg.mesh, jax.devices()[:1])
     state, shardings = train.init_train_state(cfg, mesh)
     b, t = cfg.train.batch_size, cfg.train.seq_len
@@ -93,9 +114,11 @@ def run(args) -> dict:
     flops = count(cfg)["training_flops_per_token"]["executed"]
     device = jax.devices()[0]
     peak, peak_source = device_peak(device)
+    n = roofline_n()
+    roofline_tflops = roofline_tflops or bf16_roofline(n)
     if peak is None:
-        peak, peak_source = bf16_roofline(), "jnp.dot bf16 2048^3 roofline measured here (no published peak)"
-    return {"benchmark": "gpt2_small_bf16", "smoke": args.smoke, "device": str(device),
+        peak, peak_source = roofline_tflops, f"jnp.dot bf16 {n}^3 roofline measured here (no published peak)"
+    return {"benchmark": "gpt2_small_bf16", "smoke": args.smoke, "overrides": overrides or {}, "device": str(device),
             "device_kind": getattr(device, "device_kind", ""), "backend": jax.default_backend(),
             "machine": timing.machine_info(), "batch_size": b, "seq_len": t, "n_layer": cfg.model.n_layer,
             "d_model": cfg.model.d_model, "vocab_size": cfg.model.vocab_size,
@@ -104,6 +127,8 @@ def run(args) -> dict:
             "compile_s": round(compile_s, 2), **stats, "flops_per_token": flops,
             "peak_tflops": float(f"{peak:.4g}"), "peak_source": peak_source,
             "mfu": flops * stats["tokens_per_s_median"] / (peak * 1e12),
+            "roofline_tflops": float(f"{roofline_tflops:.4g}"), "roofline_n": n,
+            "mfu_vs_roofline": flops * stats["tokens_per_s_median"] / (roofline_tflops * 1e12),
             "temp_memory_mb": round(getattr(memory, "temp_size_in_bytes", 0) / 2**20, 1) if memory else None,
             "loss_last": float(last["m"]["loss"])}
 
@@ -118,17 +143,55 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab-pad-multiple", type=int, default=128,
                    help="model.vocab_pad_multiple: GPT-2's 50257 -> 50304 rows, as nanoGPT pads it (0: off, the "
                         "published shape)")
+    p.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                   help="a further run with these config overrides after the baseline (repeatable), e.g. "
+                        "--variant model.attention_impl=xla; the JSON gives its tokens/s ratio to the baseline")
+    p.add_argument("--budget-s", type=float, default=float("inf"),
+                   help="skip the variants not yet started once this many seconds have gone")
     p.add_argument("--out", default="bench/gpu.json")
     args = p.parse_args(argv)
     args.batch_size = args.batch_size or (2 if args.smoke else 16)
     args.seq_len = args.seq_len or (64 if args.smoke else 1024)
     args.steps = args.steps or (2 if args.smoke else 20)
+    try:  # a misspelt key is one sentence before anything runs, not an error after the baseline's minutes
+        variants = [timing.parse_variant(text) for text in args.variant]
+        for overrides in variants:
+            bench_config(args, overrides)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
     result = run(args)
+    print(_line("baseline", result))
+    result["variants"] = []
     atomic.write_text(args.out, json.dumps(result, indent=2) + "\n")
-    print(f"{result['device_kind'] or result['device']}: {result['tokens_per_s_median']:.0f} tokens/s, "
-          f"MFU {result['mfu']:.3f} (peak {result['peak_tflops']} TFLOP/s: {result['peak_source']}); "
-          f"wrote {args.out}")
-    return 0
+    failed = 0
+    for text, overrides in zip(args.variant, variants, strict=True):
+        gc.collect()  # the previous run's state and executable leave the device before the next one is built
+        if time.perf_counter() - start > args.budget_s:
+            entry = {"variant": text, "skipped": f"--budget-s {args.budget_s:g} spent"}
+        else:
+            try:
+                entry = {"variant": text, **run(args, overrides, roofline_tflops=result["roofline_tflops"])}
+                entry["tokens_per_s_ratio"] = round(entry["tokens_per_s_median"] / result["tokens_per_s_median"], 3)
+            except Exception as err:  # one variant that cannot run on this device must not lose the others
+                failed += 1
+                entry = {"variant": text, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:500]}"}
+        result["variants"].append(entry)
+        print(_line(text, entry))
+        atomic.write_text(args.out, json.dumps(result, indent=2) + "\n")
+    print(f"{result['device_kind'] or result['device']}: peak {result['peak_tflops']} TFLOP/s "
+          f"({result['peak_source']}), measured bf16 roofline {result['roofline_tflops']} TFLOP/s; wrote {args.out}")
+    return 1 if failed else 0
+
+
+def _line(name: str, r: dict) -> str:
+    if "tokens_per_s_median" not in r:
+        return f"{name}: {r.get('error') or r.get('skipped')}"
+    ratio = f", x{r['tokens_per_s_ratio']} the baseline" if "tokens_per_s_ratio" in r else ""
+    return (f"{name}: {r['tokens_per_s_median']:.0f} tokens/s ({r['step_ms_median']:.1f} ms/step), MFU "
+            f"{r['mfu']:.3f}, {r['mfu_vs_roofline']:.3f} of the measured roofline, temp memory "
+            f"{r['temp_memory_mb']} MB, compile {r['compile_s']} s, loss {r['loss_last']:.4f}{ratio}")
 
 
 if __name__ == "__main__":
