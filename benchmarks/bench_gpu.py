@@ -86,9 +86,12 @@ def bench_config(args, overrides: dict | None = None):
 
 def run(args, overrides: dict | None = None, roofline_tflops: float | None = None) -> dict:
     """One timed configuration (`bench_config`)."""
+    run_start = time.perf_counter()
     cfg = bench_config(args, overrides)
     mesh = parallel.make_mesh(cfg.mesh, jax.devices()[:1])
     state, shardings = train.init_train_state(cfg, mesh)
+    jax.block_until_ready(state)
+    init_s = time.perf_counter() - run_start
     b, t = cfg.train.batch_size, cfg.train.seq_len
     rng = np.random.default_rng(0)
     sharding = parallel.batch_sharding(mesh, ndim=1)
@@ -124,7 +127,8 @@ def run(args, overrides: dict | None = None, roofline_tflops: float | None = Non
             "d_model": cfg.model.d_model, "vocab_size": cfg.model.vocab_size,
             "padded_vocab_size": cfg.model.padded_vocab_size, "dtype": cfg.model.dtype,
             "param_dtype": cfg.model.param_dtype, "attention_impl": cfg.model.attention_impl,
-            "compile_s": round(compile_s, 2), **stats, "flops_per_token": flops,
+            "init_s": round(init_s, 2), "compile_s": round(compile_s, 2),
+            "run_wall_s": round(time.perf_counter() - run_start, 2), **stats, "flops_per_token": flops,
             "peak_tflops": float(f"{peak:.4g}"), "peak_source": peak_source,
             "mfu": flops * stats["tokens_per_s_median"] / (peak * 1e12),
             "roofline_tflops": float(f"{roofline_tflops:.4g}"), "roofline_n": n,
