@@ -33,6 +33,7 @@ import numpy as np
 from jaxformer import atomic, parallel, timing, train
 from jaxformer.config import apply_overrides, get_preset, resolve
 from jaxformer.errors import UserError
+from jaxformer.model import attention_kernels
 from jaxformer.params import count
 
 # Dense bf16 peak TFLOP/s from the vendors' data sheets (no sparsity), by a substring of `device_kind`.
@@ -127,6 +128,8 @@ def run(args, overrides: dict | None = None, roofline_tflops: float | None = Non
             "d_model": cfg.model.d_model, "vocab_size": cfg.model.vocab_size,
             "padded_vocab_size": cfg.model.padded_vocab_size, "dtype": cfg.model.dtype,
             "param_dtype": cfg.model.param_dtype, "attention_impl": cfg.model.attention_impl,
+            "attention_kernel": attention_kernels.resolve(cfg.model.attention_impl, cfg.model.dtype,
+                                                          window=cfg.model.window),
             "init_s": round(init_s, 2), "compile_s": round(compile_s, 2),
             "run_wall_s": round(time.perf_counter() - run_start, 2), **stats, "flops_per_token": flops,
             "peak_tflops": float(f"{peak:.4g}"), "peak_source": peak_source,

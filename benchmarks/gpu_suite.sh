@@ -3,6 +3,7 @@
 # kernels' numerics on the GPU (tests/test_gpu_kernels.py), then GPT-2 small in bf16 (benchmarks/bench_gpu.py)
 # with the variants that say what each accelerator setting buys, as ratios measured in the same process.
 #   bash benchmarks/gpu_suite.sh [OUTDIR]     (default bench/gpu; `make gpu-suite`)
+# The variants not yet measured on a GPU come first (results/bench/gpu-h200*.json has the others).
 # BUDGET_S caps the benchmark's variants (the ones not started by then are recorded as skipped); SMOKE=1: tiny shapes.
 set -u
 dir=${1:-bench/gpu}
@@ -14,9 +15,9 @@ python3 -c "import sys, jax, flax, optax; print(sys.version.split()[0], 'jax', j
 timeout "${TESTS_TIMEOUT_S:-180}" python3 -m pytest -n 0 -p no:cacheprovider -q -rs tests/test_gpu_kernels.py 2>&1 \
   | tee "$dir/gpu_tests.log" | tail -25
 python3 benchmarks/bench_gpu.py ${SMOKE:+--smoke} --out "$dir/gpu.json" --budget-s "${BUDGET_S:-inf}" \
+  --variant model.xent_chunk=8192 \
+  --variant model.remat=true \
   --variant model.attention_impl=xla \
   --variant model.vocab_pad_multiple=0 \
-  --variant train.batch_size=32 \
   --variant model.attention_impl=pallas \
-  --variant model.xent_chunk=8192 \
-  --variant model.remat=true
+  --variant train.batch_size=32

@@ -1,9 +1,11 @@
 """The framework's own ceiling: a minimal plain-JAX transformer train step with the same shapes as jaxformer's
 benchmark cells, and nothing else (no config, no objective objects, no sharding rules, no NaN guard).
 
-Pre-norm blocks, one fused QKV matrix, `jax.nn.dot_product_attention`, tanh-GELU MLP, learned positions, tied
-embeddings; optax AdamW + global-norm clipping; `jax.jit` with the state donated. CLM: loss at every position;
-MLM (`causal=False`): round(0.15 T) positions per row replaced by MASK and the head applied there only.
+One fused QKV matrix, `jax.nn.dot_product_attention`, learned positions, tied embeddings; optax AdamW +
+global-norm clipping; `jax.jit` with the state donated. CLM: GPT-2's pre-norm blocks with tanh GELU, loss at
+every position. MLM (`causal=False`): BERT's shape, as jaxformer's MLM cell (post-norm blocks, embedding norm,
+erf GELU, the MLM head's dense + GELU + norm and vocabulary bias); round(0.15 T) positions per row replaced by
+MASK and the head applied there only.
 If jaxformer is slower than this, the gap is jaxformer's; if both are slower than a PyTorch peer, it is in how
 the step is expressed for XLA.
 """
@@ -20,10 +22,11 @@ import optax
 from jaxformer import timing
 
 MASK = 4  # jaxformer's MASK id (tests/test_bench.py checks the tokenizers agree)
+BERT_EPS = 1e-12
 
 
-def init_params(key, *, vocab: int, seq_len: int, d_model: int, n_layer: int, **_) -> dict:
-    d, keys = d_model, iter(jax.random.split(key, 2 + 4 * n_layer))
+def init_params(key, *, vocab: int, seq_len: int, d_model: int, n_layer: int, causal: bool = True, **_) -> dict:
+    d, keys = d_model, iter(jax.random.split(key, 3 + 4 * n_layer))
 
     def normal(shape):
         return 0.02 * jax.random.normal(next(keys), shape, jnp.float32)
@@ -33,31 +36,46 @@ def init_params(key, *, vocab: int, seq_len: int, d_model: int, n_layer: int, **
                 "qkv": normal((d, 3 * d)), "qkv_b": jnp.zeros(3 * d), "proj": normal((d, d)), "proj_b": jnp.zeros(d),
                 "fc": normal((d, 4 * d)), "fc_b": jnp.zeros(4 * d), "out": normal((4 * d, d)), "out_b": jnp.zeros(d)}
 
-    return {"wte": normal((vocab, d)), "wpe": normal((seq_len, d)), "blocks": [block() for _ in range(n_layer)],
-            "lnf": jnp.ones(d), "lnf_b": jnp.zeros(d)}
+    params = {"wte": normal((vocab, d)), "wpe": normal((seq_len, d)), "blocks": [block() for _ in range(n_layer)]}
+    if causal:
+        return {**params, "lnf": jnp.ones(d), "lnf_b": jnp.zeros(d)}
+    return {**params, "lne": jnp.ones(d), "lne_b": jnp.zeros(d), "head": normal((d, d)), "head_b": jnp.zeros(d),
+            "lnh": jnp.ones(d), "lnh_b": jnp.zeros(d), "vocab_b": jnp.zeros(vocab)}
 
 
-def _layernorm(x, scale, bias):
+def _layernorm(x, scale, bias, eps=1e-5):
     mean = x.mean(-1, keepdims=True)
     var = jnp.square(x - mean).mean(-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + 1e-5) * scale + bias
+    return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
 
 
 def loss_fn(params, inputs_BxT, targets, positions_BxM, *, n_heads: int, causal: bool):
     b, t = inputs_BxT.shape
     x = params["wte"][inputs_BxT] + params["wpe"][:t]
     d = x.shape[-1]
-    for p in params["blocks"]:
-        qkv = _layernorm(x, p["ln1"], p["ln1_b"]) @ p["qkv"] + p["qkv_b"]
+
+    def attend(x, p):
+        qkv = x @ p["qkv"] + p["qkv_b"]
         q, k, v = (z.reshape(b, t, n_heads, d // n_heads) for z in jnp.split(qkv, 3, axis=-1))
-        h = jax.nn.dot_product_attention(q, k, v, is_causal=causal).reshape(b, t, d)
-        x = x + h @ p["proj"] + p["proj_b"]
-        h = jax.nn.gelu(_layernorm(x, p["ln2"], p["ln2_b"]) @ p["fc"] + p["fc_b"], approximate=True)
-        x = x + h @ p["out"] + p["out_b"]
-    x = _layernorm(x, params["lnf"], params["lnf_b"])
-    if positions_BxM is not None:
+        return jax.nn.dot_product_attention(q, k, v, is_causal=causal).reshape(b, t, d) @ p["proj"] + p["proj_b"]
+
+    def mlp(x, p):
+        return jax.nn.gelu(x @ p["fc"] + p["fc_b"], approximate=causal) @ p["out"] + p["out_b"]
+
+    if causal:  # GPT-2: pre-norm
+        for p in params["blocks"]:
+            x = x + attend(_layernorm(x, p["ln1"], p["ln1_b"]), p)
+            x = x + mlp(_layernorm(x, p["ln2"], p["ln2_b"]), p)
+        logits = _layernorm(x, params["lnf"], params["lnf_b"]) @ params["wte"].T
+    else:  # BERT: post-norm, then the MLM head at the chosen positions only
+        x = _layernorm(x, params["lne"], params["lne_b"], BERT_EPS)
+        for p in params["blocks"]:
+            x = _layernorm(x + attend(x, p), p["ln1"], p["ln1_b"], BERT_EPS)
+            x = _layernorm(x + mlp(x, p), p["ln2"], p["ln2_b"], BERT_EPS)
         x = jnp.take_along_axis(x, positions_BxM[..., None], axis=1)
-    logits = x @ params["wte"].T
+        x = _layernorm(jax.nn.gelu(x @ params["head"] + params["head_b"], approximate=False), params["lnh"],
+                       params["lnh_b"], BERT_EPS)
+        logits = x @ params["wte"].T + params["vocab_b"]
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
 
@@ -86,7 +104,7 @@ def time_plain_step(spec: dict) -> dict:
     b, t, vocab = spec["batch_size"], spec["seq_len"], spec["vocab"]
     shape = timing.CONFIGS[spec["config"]]
     causal = spec["objective"] == "clm"
-    params = init_params(jax.random.key(0), vocab=vocab, seq_len=t, **shape)
+    params = init_params(jax.random.key(0), vocab=vocab, seq_len=t, causal=causal, **shape)
     opt = timing.OPT
     decay = jax.tree.map(lambda p: p.ndim >= 2, params)
     tx = optax.chain(optax.clip_by_global_norm(timing.GRAD_CLIP),

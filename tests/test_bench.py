@@ -117,6 +117,7 @@ def test_peer_runs_have_the_same_fields(tmp_path, objective):
 def test_nanogpt_peer_matches_the_plain_jax_model():
     """The two hand-written peers compute the same function: plain JAX's loss with the nanoGPT model's weights."""
     torch = pytest.importorskip("torch")
+    import jax
     import numpy as np
 
     sys.path.insert(0, str(REPO / "benchmarks"))
@@ -141,8 +142,14 @@ def test_nanogpt_peer_matches_the_plain_jax_model():
                    "fc": w[f"blocks.{i}.fc.weight"].T, "fc_b": w[f"blocks.{i}.fc.bias"],
                    "out": w[f"blocks.{i}.fc_out.weight"].T, "out_b": w[f"blocks.{i}.fc_out.bias"]}
                   for i in range(shape["n_layer"])]
-        params = {"wte": w["wte.weight"], "wpe": w["wpe.weight"], "blocks": blocks, "lnf": w["ln_f.weight"],
-                  "lnf_b": w["ln_f.bias"]}
+        params = {"wte": w["wte.weight"], "wpe": w["wpe.weight"], "blocks": blocks}
+        if causal:
+            params.update(lnf=w["ln_f.weight"], lnf_b=w["ln_f.bias"])
+        else:  # BERT-shaped: embedding norm and the MLM head's transform, norm and vocabulary bias
+            params.update(lne=w["ln_emb.weight"], lne_b=w["ln_emb.bias"], head=w["head_fc.weight"].T,
+                          head_b=w["head_fc.bias"], lnh=w["head_ln.weight"], lnh_b=w["head_ln.bias"],
+                          vocab_b=w["head_bias"])
+        assert set(plain_jax.init_params(jax.random.key(0), **shape, causal=causal)) == set(params)
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
         positions = None if causal else torch.tensor([[1, 5, 7]] * 3)
         if positions is not None:
@@ -172,3 +179,22 @@ def test_gpu_benchmark_smoke_runs_anywhere(tmp_path):
     peak, source = bench_gpu.device_peak(type("D", (), {"device_kind": "NVIDIA H100 80GB HBM3"})())
     assert peak == 989.0 and "H100" in source
     assert bench_gpu.device_peak(type("D", (), {"device_kind": "NVIDIA H100 PCIe"})())[0] == 756.0
+
+
+@pytest.mark.parametrize("objective", ["clm", "mlm"])
+def test_nanogpt_peer_has_the_benchmark_cells_parameters(objective):
+    """The peer does the cell's work: GPT-2 shaped for CLM, BERT shaped for MLM (embedding norm, MLM transform
+    head, vocabulary bias), to the parameter, as `jaxformer.params` counts the cell's config."""
+    torch = pytest.importorskip("torch")
+    from jaxformer import params, timing
+    from jaxformer.config import resolve
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from nanogpt_torch import NanoGPT
+    finally:
+        sys.path.pop(0)
+    torch.manual_seed(0)
+    model = NanoGPT(vocab=512, seq_len=64, causal=objective == "clm", **timing.CONFIGS["S"])
+    cfg = resolve(timing.bench_config(objective, "S", batch_size=2, seq_len=64, vocab=512), n_devices=1)
+    assert sum(p.numel() for p in model.parameters()) == params.count(cfg)["total"]
