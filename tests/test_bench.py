@@ -169,8 +169,17 @@ def test_gpu_benchmark_smoke_runs_anywhere(tmp_path):
     bench_gpu = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench_gpu)
     out = tmp_path / "gpu.json"
-    assert bench_gpu.main(["--smoke", "--steps", "2", "--warmup", "1", "--out", str(out)]) == 0
+    assert bench_gpu.main(["--smoke", "--steps", "2", "--warmup", "1", "--out", str(out),
+                           "--variant", "model.vocab_pad_multiple=0"]) == 0
     data = json.loads(out.read_text())
+    # The variant ran in the same process with its own config, and its ratio is against this baseline.
+    (variant,) = data["variants"]
+    assert data["padded_vocab_size"] == 512 and variant["padded_vocab_size"] == variant["vocab_size"] == 500
+    assert variant["tokens_per_s_ratio"] == pytest.approx(
+        variant["tokens_per_s_median"] / data["tokens_per_s_median"], rel=1e-2)
+    assert variant["roofline_tflops"] == data["roofline_tflops"] and data["attention_kernel"] != "auto"
+    assert bench_gpu.main(["--smoke", "--variant", "model.no_such_key=1", "--out", str(tmp_path / "x.json")]) == 2
+    assert not (tmp_path / "x.json").exists()  # a misspelt variant stops before anything runs
     assert data["dtype"] == "bfloat16" and data["param_dtype"] == "float32" and data["smoke"] is True
     assert data["tokens_per_s_median"] > 0 and data["peak_tflops"] > 0 and data["mfu"] > 0
     assert data["mfu"] == pytest.approx(data["flops_per_token"] * data["tokens_per_s_median"]
