@@ -1,11 +1,18 @@
-"""XLA:CPU's memory-aware scheduler, which `import jaxformer` selects (jaxformer/__init__.py) unless XLA_FLAGS
-already chooses: the compiled train step needs less scratch memory than under XLA:CPU's own default."""
+"""XLA:CPU's memory-aware scheduler (`train.CPU_MEMORY_SCHEDULER`, README "Memory on CPUs"): the compiled train
+step needs less scratch memory with it than under XLA:CPU's default, and a run asking for `model.remat` without
+it is told that remat saves nothing there."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import jax
+
+from jaxformer import parallel, train
+from tests.tiny import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler"
@@ -33,6 +40,21 @@ def _scratch_bytes(extra_flag: str) -> int:
     return json.loads(out.stdout.strip().splitlines()[-1])["temp"]
 
 
-def test_jaxformer_selects_the_memory_aware_cpu_scheduler():
-    default, concurrency = _scratch_bytes(""), _scratch_bytes(f"{FLAG}=true")
-    assert default < 0.85 * concurrency, (default, concurrency)
+def test_the_memory_aware_scheduler_needs_less_scratch():
+    memory, default = _scratch_bytes(train.CPU_MEMORY_SCHEDULER), _scratch_bytes("")
+    assert train.CPU_MEMORY_SCHEDULER.startswith(FLAG)
+    assert memory < 0.85 * default, (memory, default)
+
+
+def test_remat_on_cpu_without_the_scheduler_is_one_warning(monkeypatch, caplog):
+    mesh = parallel.make_mesh(tiny_config("clm").mesh, jax.devices()[:1])
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    assert "XLA_FLAGS=" + train.CPU_MEMORY_SCHEDULER in train.remat_warning(tiny_config("clm", model=dict(remat=True)),
+                                                                            mesh)
+    assert train.remat_warning(tiny_config("clm"), mesh) is None
+    with caplog.at_level(logging.WARNING, logger="jaxformer.train"):
+        cfg = tiny_config("clm", model=dict(remat=True))
+        train.compile_train_step(train.state_shardings(train.abstract_state(cfg), mesh), mesh)
+    assert [r.getMessage() for r in caplog.records] == [train.remat_warning(cfg, mesh)]
+    monkeypatch.setenv("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {train.CPU_MEMORY_SCHEDULER}")
+    assert train.remat_warning(cfg, mesh) is None
