@@ -235,10 +235,12 @@ def test_forward_parity_with_hf_albert():
     mask[1, 15:] = 0  # the second row is padded
     with torch.no_grad():
         out = hf(torch.as_tensor(tokens), attention_mask=torch.as_tensor(mask), token_type_ids=torch.as_tensor(types))
-    hidden, _, _ = model(jnp.asarray(tokens), causal=False, segment_ids_BxT=jnp.asarray(mask),
-                         token_types_BxT=jnp.asarray(types))
-    mlm = np.asarray(model.mlm_logits(hidden))
-    sop = np.asarray(model.pair_logits(hidden[:, 0]))
+    @nnx.jit  # one compilation instead of one per eager operation
+    def logits(model, tokens, mask, types):
+        hidden, _, _ = model(tokens, causal=False, segment_ids_BxT=mask, token_types_BxT=types)
+        return model.mlm_logits(hidden), model.pair_logits(hidden[:, 0])
+
+    mlm, sop = (np.asarray(x) for x in logits(model, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(types)))
     real = mask.astype(bool)
     np.testing.assert_allclose(mlm[real], out.prediction_logits.numpy()[real], atol=1e-4, rtol=0)
     np.testing.assert_allclose(sop, out.sop_logits.numpy(), atol=1e-4, rtol=0)
