@@ -63,14 +63,15 @@ def test_blocked_kernel_over_several_blocks(causal, window, n_kv):
     sliding window crossing block edges, GQA groups without repeated K/V); values and gradients vs naive/XLA."""
     assert attention_kernels.BLOCK < 150 < 3 * attention_kernels.BLOCK
     q, k, v = _qkv(n_kv, t=150)
-    out = attention_kernels.attend(q, k, v, impl="blocked", causal=causal, window=window)
+    # compiled as training runs it; eagerly, every op of the block loop and its gradient was compiled on its own
+    out = jax.jit(lambda *a: attention_kernels.attend(*a, impl="blocked", causal=causal, window=window))(q, k, v)
     np.testing.assert_allclose(np.asarray(out), _naive(q, k, v, causal=causal, window=window),
                                atol=2e-5, rtol=2e-5)
 
     def grads(impl):
-        return jax.grad(lambda *a: jnp.sum(jnp.sin(attention_kernels.attend(*a, impl=impl, causal=causal,
-                                                                            window=window))),
-                        argnums=(0, 1, 2))(q, k, v)
+        return jax.jit(jax.grad(lambda *a: jnp.sum(jnp.sin(attention_kernels.attend(*a, impl=impl, causal=causal,
+                                                                                    window=window))),
+                                argnums=(0, 1, 2)))(q, k, v)
 
     for got, want in zip(grads("blocked"), grads("xla"), strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=2e-5)

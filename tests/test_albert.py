@@ -118,9 +118,11 @@ def test_shared_gradient_is_the_sum_over_layers():
         loss_sum, stats = objective.loss_sums(model, ex, rng=None)
         return objective.total_loss(loss_sum, stats, objective.counts(ex))
 
-    assert float(loss(shared, shared_cfg)) == pytest.approx(float(loss(free, free_cfg)), rel=1e-6)
-    g_shared = nnx.grad(lambda m: loss(m, shared_cfg))(shared)
-    g_free = nnx.grad(lambda m: loss(m, free_cfg))(free)
+    # one compiled program per model: run eagerly, every small op of the forward and backward pass is compiled
+    # (and written to the test session's compilation cache) on its own, which took most of this test's time
+    loss_shared, g_shared = nnx.jit(nnx.value_and_grad(lambda m: loss(m, shared_cfg)))(shared)
+    loss_free, g_free = nnx.jit(nnx.value_and_grad(lambda m: loss(m, free_cfg)))(free)
+    assert float(loss_shared) == pytest.approx(float(loss_free), rel=1e-6)
     summed = jax.tree.map(lambda *xs: sum(xs), *[nnx.state(g_free.blocks[i]) for i in range(3)])
     for a, b in zip(jax.tree.leaves(nnx.state(g_shared.blocks[0])), jax.tree.leaves(summed), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
@@ -233,10 +235,12 @@ def test_forward_parity_with_hf_albert():
     mask[1, 15:] = 0  # the second row is padded
     with torch.no_grad():
         out = hf(torch.as_tensor(tokens), attention_mask=torch.as_tensor(mask), token_type_ids=torch.as_tensor(types))
-    hidden, _, _ = model(jnp.asarray(tokens), causal=False, segment_ids_BxT=jnp.asarray(mask),
-                         token_types_BxT=jnp.asarray(types))
-    mlm = np.asarray(model.mlm_logits(hidden))
-    sop = np.asarray(model.pair_logits(hidden[:, 0]))
+    @nnx.jit  # one compilation instead of one per eager operation
+    def logits(model, tokens, mask, types):
+        hidden, _, _ = model(tokens, causal=False, segment_ids_BxT=mask, token_types_BxT=types)
+        return model.mlm_logits(hidden), model.pair_logits(hidden[:, 0])
+
+    mlm, sop = (np.asarray(x) for x in logits(model, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(types)))
     real = mask.astype(bool)
     np.testing.assert_allclose(mlm[real], out.prediction_logits.numpy()[real], atol=1e-4, rtol=0)
     np.testing.assert_allclose(sop, out.sop_logits.numpy(), atol=1e-4, rtol=0)

@@ -131,6 +131,9 @@ def test_a_second_invocation_reads_finished_runs_back(smoke):
 def test_pooled_features_match_each_text_run_alone(smoke):
     """Padding changes nothing and each pooling picks what it says: features of a padded batch against the
     model run on every text alone (no padding), pooled in numpy."""
+    import jax.numpy as jnp
+    from flax import nnx
+
     from jaxformer import objectives
     from jaxformer.data.classification_batches import encode_examples
     from jaxformer.features import pooled_features
@@ -142,11 +145,13 @@ def test_pooled_features_match_each_text_run_alone(smoke):
         causal = objectives.for_config(run.cfg).causal
         tokens = encode_examples(["a b", "the film was", "x"], run.tokenizer, 16, causal=causal)
         feats = pooled_features(run, tokens, causal=causal, batch_size=4)
+        # one compiled forward per text length; run eagerly, every op was compiled on its own for each length
+        alone = nnx.jit(lambda model, tokens_1xT, causal=causal: model(tokens_1xT, causal=causal)[0][0])
         model = run.state.model()
         fill = run.tokenizer.special_ids.fill
         for i, row in enumerate(tokens):
             real = row[row != fill]
-            h = np.asarray(model(real[None], causal=causal)[0][0])
+            h = np.asarray(alone(model, jnp.asarray(real[None])))
             np.testing.assert_allclose(feats["cls"][i], h[0], atol=1e-5)
             np.testing.assert_allclose(feats["last"][i], h[-1], atol=1e-5)
             np.testing.assert_allclose(feats["mean"][i], h.mean(0), atol=1e-5)

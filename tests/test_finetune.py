@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from tiny import tiny_config
 
 from jaxformer import cli, finetune, objectives, trainer
@@ -127,8 +128,10 @@ def test_pooling_picks_the_right_positions(causal):
         return objective.prepare({"tokens": toks, "labels": jnp.zeros(4, jnp.int32)}, jax.random.key(0))
 
     ex, ex_long = prepared(tokens, "mean"), prepared(longer, "mean")
-    hidden = np.asarray(model(ex["inputs"], causal=causal, segment_ids_BxT=ex["segment_ids"])[0])
-    hidden_long = model(ex_long["inputs"], causal=causal, segment_ids_BxT=ex_long["segment_ids"])[0]
+    # compiled (one program per length): eager ops were each compiled on their own, most of this test's time
+    forward = nnx.jit(lambda model, tokens, segment_ids: model(tokens, causal=causal, segment_ids_BxT=segment_ids)[0])
+    hidden = np.asarray(forward(model, ex["inputs"], ex["segment_ids"]))
+    hidden_long = forward(model, ex_long["inputs"], ex_long["segment_ids"])
     for pooling in ("cls", "last", "mean") if not causal else ("last", "mean"):
         pooled = np.asarray(objectives.pool(jnp.asarray(hidden), prepared(tokens, pooling)["pool_weights"]))
         naive = {"cls": [hidden[b, 0] for b in range(4)],
