@@ -114,18 +114,25 @@ def test_peer_runs_have_the_same_fields(tmp_path, objective):
         runs["jaxformer"]["tokens_per_s_median"] / runs["plain-jax"]["tokens_per_s_median"], rel=1e-2)
 
 
+def _hand_written_peers():
+    """benchmarks/plain_jax.py and benchmarks/nanogpt_torch.py (the benchmarks folder is not a package)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import nanogpt_torch
+        import plain_jax
+    finally:
+        sys.path.pop(0)
+    return plain_jax, nanogpt_torch
+
+
 def test_nanogpt_peer_matches_the_plain_jax_model():
     """The two hand-written peers compute the same function: plain JAX's loss with the nanoGPT model's weights."""
     torch = pytest.importorskip("torch")
     import jax
     import numpy as np
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import plain_jax
-        from nanogpt_torch import NanoGPT
-    finally:
-        sys.path.pop(0)
+    plain_jax, nanogpt_torch = _hand_written_peers()
+    NanoGPT = nanogpt_torch.NanoGPT
     torch.manual_seed(0)
     shape = dict(vocab=50, seq_len=12, d_model=16, n_layer=2, n_heads=4)
     tokens = torch.randint(0, 50, (3, 13))
@@ -198,12 +205,7 @@ def test_nanogpt_peer_has_the_benchmark_cells_parameters(objective):
     from jaxformer import params, timing
     from jaxformer.config import resolve
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        from nanogpt_torch import NanoGPT
-    finally:
-        sys.path.pop(0)
     torch.manual_seed(0)
-    model = NanoGPT(vocab=512, seq_len=64, causal=objective == "clm", **timing.CONFIGS["S"])
+    model = _hand_written_peers()[1].NanoGPT(vocab=512, seq_len=64, causal=objective == "clm", **timing.CONFIGS["S"])
     cfg = resolve(timing.bench_config(objective, "S", batch_size=2, seq_len=64, vocab=512), n_devices=1)
     assert sum(p.numel() for p in model.parameters()) == params.count(cfg)["total"]
