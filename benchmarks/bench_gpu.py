@@ -27,7 +27,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxformer import atomic, parallel, timing, train
@@ -55,22 +54,6 @@ def device_peak(device) -> tuple[float | None, str]:
 def roofline_n() -> int:
     """The matmul size that fills the device: 8192 on an accelerator, 2048 on a CPU (seconds, not minutes)."""
     return 2048 if jax.default_backend() == "cpu" else 8192
-
-
-def bf16_roofline(n: int, repeats: int = 10) -> float:
-    """Best-of-`repeats` TFLOP/s of one n^3 bf16 `jnp.dot` on random operands (zeros can run faster than data)."""
-    ka, kb = jax.random.split(jax.random.key(0))
-    a, b = (jax.random.normal(k, (n, n), jnp.bfloat16) for k in (ka, kb))
-    dot = jax.jit(jnp.dot)
-    dot(a, b).block_until_ready()
-    best = min(_timed(lambda: dot(a, b).block_until_ready()) for _ in range(repeats))
-    return 2 * n**3 / best / 1e12
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def bench_config(args, overrides: dict | None = None):
@@ -119,7 +102,8 @@ def run(args, overrides: dict | None = None, roofline_tflops: float | None = Non
     device = jax.devices()[0]
     peak, peak_source = device_peak(device)
     n = roofline_n()
-    roofline_tflops = roofline_tflops or bf16_roofline(n)
+    # best-of-10 bf16 jnp.dot on random operands (zeros can run faster than data)
+    roofline_tflops = roofline_tflops or timing.jax_roofline(n, dtype="bfloat16") / 1e3
     if peak is None:
         peak, peak_source = roofline_tflops, f"jnp.dot bf16 {n}^3 roofline measured here (no published peak)"
     return {"benchmark": "gpt2_small_bf16", "smoke": args.smoke, "overrides": overrides or {}, "device": str(device),

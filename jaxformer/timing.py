@@ -133,13 +133,13 @@ def add_mfu(run: dict, flops: dict) -> dict:
     return run
 
 
-def jax_roofline(n: int = ROOFLINE_N, repeats: int = 10) -> float:
-    """Best-of-`repeats` fp32 `jnp.dot` of two n x n matrices, in GFLOP/s."""
+def jax_roofline(n: int = ROOFLINE_N, repeats: int = 10, dtype: str = "float32") -> float:
+    """Best-of-`repeats` `jnp.dot` of two random n x n matrices of `dtype` (fp32 unless told), in GFLOP/s."""
     import jax
     import jax.numpy as jnp
 
     ka, kb = jax.random.split(jax.random.key(0))
-    a, b = jax.random.normal(ka, (n, n), jnp.float32), jax.random.normal(kb, (n, n), jnp.float32)
+    a, b = jax.random.normal(ka, (n, n), dtype), jax.random.normal(kb, (n, n), dtype)
     dot = jax.jit(jnp.dot)
     dot(a, b).block_until_ready()
     best = float("inf")

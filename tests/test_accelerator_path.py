@@ -16,10 +16,11 @@ from jaxformer.model.attention import attention_mask
 from tests.tiny import tiny_config
 
 
-def _qkv(n_kv: int, t: int = 32):
-    kq, kk, kv = jax.random.split(jax.random.key(0), 3)
-    return (jax.random.normal(kq, (2, t, 4, 16)), jax.random.normal(kk, (2, t, n_kv, 16)),
-            jax.random.normal(kv, (2, t, n_kv, 16)))
+def _qkv(n_kv: int, t: int = 32, *, h: int = 16, dtype=jnp.float32, seed: int = 0):
+    """Random q [2, t, 4, h] and k, v [2, t, n_kv, h]."""
+    kq, kk, kv = jax.random.split(jax.random.key(seed), 3)
+    return (jax.random.normal(kq, (2, t, 4, h), dtype), jax.random.normal(kk, (2, t, n_kv, h), dtype),
+            jax.random.normal(kv, (2, t, n_kv, h), dtype))
 
 
 def _naive(q, k, v, *, causal, segment_ids=None, window=0):

@@ -12,17 +12,16 @@ from flax import nnx
 from jaxformer import train
 from jaxformer.model import attention_kernels, build_model
 from tests.test_accelerator_path import _naive
+from tests.test_accelerator_path import _qkv as qkv
 from tests.tiny import tiny_config
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu",
                                 reason=f"needs a GPU (this backend is {jax.default_backend()})")
 
 
-def _qkv(seed: int, n_kv: int, dtype, t: int = 256):
-    """Fresh random inputs per check: the kernels must compute the same function on any input."""
-    kq, kk, kv = jax.random.split(jax.random.key(seed), 3)
-    return (jax.random.normal(kq, (2, t, 4, 64), dtype), jax.random.normal(kk, (2, t, n_kv, 64), dtype),
-            jax.random.normal(kv, (2, t, n_kv, 64), dtype))
+def _qkv(seed: int, n_kv: int, dtype):
+    """Fresh random inputs per check (T 256, head dim 64): the kernels must compute the same function on any input."""
+    return qkv(n_kv, 256, h=64, dtype=dtype, seed=seed)
 
 
 def _rel(got, want) -> float:
