@@ -59,8 +59,8 @@ class ModelConfig:
     # Attention kernel: auto | xla | cudnn | pallas (jaxformer/model/attention_kernels.py). auto: cuDNN flash on
     # GPUs in half precision, Pallas flash on TPUs, XLA otherwise. Same function, so runs may switch on resume.
     attention_impl: str = "auto"
-    # Vocabulary head + cross-entropy over this many predicted slots at a time (0: all at once); the full fp32
-    # logits are never materialised (jaxformer/objectives/xent.py). Same loss, so runs may switch on resume.
+    # Fused vocabulary head + cross-entropy over this many predicted slots at a time (0: whole logits); the full
+    # fp32 logits are never materialised (jaxformer/objectives/xent.py). Same loss, so runs may switch on resume.
     xent_chunk: int = 0
     # Segment (token-type) embeddings: how many types (BERT: 2, sentence A / B); 0 = none.
     type_vocab_size: int = 0

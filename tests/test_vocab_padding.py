@@ -212,11 +212,12 @@ def test_resume_with_another_multiple_is_refused(tmp_path):
     assert "\n" not in str(err.value)
 
 
-def test_tensor_parallel_step_on_an_odd_vocabulary():
+@pytest.mark.parametrize("chunk", [0, 5])
+def test_tensor_parallel_step_on_an_odd_vocabulary(chunk):
     """61 rows do not split over tensor=2 (replicated); 64 do: the padded run shards the vocabulary and takes the
-    same step as one device without padding."""
+    same step as one device without padding (with the fused head too: chunks of rows sharded over data)."""
     mesh_cfg = {"data": 2, "fsdp": 2, "tensor": 2}
-    cfg = cfg_for("clm", MULTIPLE, mesh=mesh_cfg)
+    cfg = cfg_for("clm", MULTIPLE, f"model.xent_chunk={chunk}", mesh=mesh_cfg)
     mesh = parallel.make_mesh(cfg.mesh)
     assert parallel.logical_to_spec(("vocab", "embed"), (V, 32), mesh)[0] is None
     state, shardings = train.init_train_state(cfg, mesh)

@@ -167,12 +167,33 @@ class Transformer(nnx.Module):
         return x_BxTxD, aux_total, new_cache
 
     def logits(self, h_xD: jax.Array) -> jax.Array:
-        """LM head on any [..., D] hidden states -> [..., V] (tied to the embedding unless configured not).
-        With factorised embeddings the states go back to width E through the transposed projection first (tied
-        to it as the vocabulary matrix is tied to the table)."""
+        """LM head on any [..., D] hidden states -> [..., V] (tied to the embedding unless configured not)."""
+        return self.vocab_logits(*self.lm_inputs(h_xD))
+
+    def mlm_logits(self, h_xD: jax.Array) -> jax.Array:
+        """BERT's MLM head on [..., D] hidden states (call it on the masked positions only)."""
+        return self.vocab_logits(*self.mlm_inputs(h_xD))
+
+    def lm_inputs(self, h_xD: jax.Array) -> tuple[jax.Array, None]:
+        """What the LM head feeds its vocabulary projection: [..., E] vectors, and no bias. With factorised
+        embeddings the states go back to width E through the transposed projection (tied to it as the vocabulary
+        matrix is tied to the table)."""
         if self.embed_proj is not None:
             h_xD = jnp.einsum("...d,ed->...e", h_xD.astype(self.dtype), self.embed_proj.kernel[...].astype(self.dtype))
-        return self.vocab_logits(h_xD)
+        return h_xD, None
+
+    def mlm_inputs(self, h_xD: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """What BERT's MLM head feeds its vocabulary projection: dense + activation + norm -> [..., E] (ALBERT's
+        dense maps to the embedding width E), and the vocabulary bias [U]."""
+        h = activation("gelu", self.cfg.gelu_approximate)(self.mlm_transform(h_xD))
+        return self.mlm_norm(h), self.mlm_bias[...]
+
+    def vocab_table(self) -> tuple[jax.Array, str]:
+        """The vocabulary projection's matrix as stored, with its einsum axes: the tied embedding [U, E] ("ve") or
+        the untied head's kernel [E, U] ("ev"). U = the padded vocabulary."""
+        if self.lm_head is not None:
+            return self.lm_head.kernel[...], "ev"
+        return self.embed[...], "ve"
 
     def vocab_logits(self, h_xE: jax.Array, bias_U: jax.Array | None = None) -> jax.Array:
         """The vocabulary projection of embedding-width [..., E] vectors (E = D unless factorised), plus `bias_U`,
@@ -180,21 +201,14 @@ class Transformer(nnx.Module):
 
         The one place where padded vocabulary rows (model.vocab_pad_multiple) end: the matmul runs at the padded
         width (the shape accelerators tile well), then the logits are cut back to the true vocabulary, so no loss,
-        metric, sampler or export ever sees a padded column."""
-        if self.lm_head is not None:
-            logits_xU = self.lm_head(h_xE)
-        else:
-            logits_xU = jnp.einsum("...e,ve->...v", h_xE.astype(self.dtype), self.embed[...].astype(self.dtype))
+        metric, sampler or export ever sees a padded column (the fused head of objectives/xent.py cuts the same
+        way)."""
+        table, axes = self.vocab_table()
+        logits_xU = jnp.einsum(f"...e,{axes}->...v", h_xE.astype(self.dtype), table.astype(self.dtype))
         if bias_U is not None:
             logits_xU = logits_xU + bias_U.astype(self.dtype)
         v = self.cfg.vocab_size
         return logits_xU if logits_xU.shape[-1] == v else logits_xU[..., :v]
-
-    def mlm_logits(self, h_xD: jax.Array) -> jax.Array:
-        """BERT's MLM head on [..., D] hidden states (call it on the masked positions only); ALBERT's when the
-        embeddings are factorised (its dense maps to width E)."""
-        h = activation("gelu", self.cfg.gelu_approximate)(self.mlm_transform(h_xD))
-        return self.vocab_logits(self.mlm_norm(h), self.mlm_bias[...])
 
     def pair_logits(self, cls_BxD: jax.Array) -> jax.Array:
         """The sentence-pair head on the [CLS] hidden states: pooler (dense + tanh), then 2 logits [B, 2]."""

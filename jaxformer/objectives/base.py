@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from jaxformer.data.tokenizer_base import DEFAULT_SPECIALS, SpecialIds
 from jaxformer.errors import UserError
-from jaxformer.objectives.xent import chunked_xent_sums, xent_sums
+from jaxformer.objectives.xent import fused_xent_sums, xent_sums
 
 if TYPE_CHECKING:
     from jaxformer.config import Config, ObjectiveConfig
@@ -111,9 +111,11 @@ class Objective:
         if chunk and self.head in ("lm", "mlm"):  # vocabulary heads: never all [P, V] logits at once
             hidden_BxTxD, aux = self.forward(model, ex, rng=rng)
             h_BxPxD = self.slot_hidden(hidden_BxTxD, ex)
-            xent_sum, correct_sum = chunked_xent_sums(
-                lambda h_KxD: self.head_logits(model, h_KxD), h_BxPxD.reshape(-1, h_BxPxD.shape[-1]),
-                ex["targets"].reshape(-1), ex["weights"].reshape(-1), chunk)
+            h_BxPxE, bias_U = model.mlm_inputs(h_BxPxD) if self.head == "mlm" else model.lm_inputs(h_BxPxD)
+            table, table_axes = model.vocab_table()
+            xent_sum, correct_sum = fused_xent_sums(
+                h_BxPxE.reshape(-1, h_BxPxE.shape[-1]), table, table_axes, bias_U, ex["targets"].reshape(-1),
+                ex["weights"].reshape(-1), vocab_size=model.cfg.vocab_size, chunk=chunk, dtype=model.dtype)
             return xent_sum, {"correct": correct_sum, "n_tokens": jnp.sum(ex["weights"]), "aux": aux}
         logits, aux = self.logits(model, ex, rng=rng)
         return self.prediction_sums(logits, ex, aux)
