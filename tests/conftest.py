@@ -38,7 +38,9 @@ def pytest_configure(config):
     if not hasattr(config, "workerinput") or XLA_CACHE not in os.environ:  # the controller, or `-n 0`
         os.environ[XLA_CACHE] = config.made_xla_cache = tempfile.mkdtemp(prefix="jaxformer-tests-xla-")
     jax.config.update("jax_compilation_cache_dir", os.environ[XLA_CACHE])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    # Only programs that take 0.3 s or more to compile: caching every eager op too (threshold 0) made test files
+    # 8-12% slower (test_finetune + test_classifier_runs, one process: 127 s at 0, 112 s at 0.3, 116 s at 1.0).
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
     # A size limit turns on the cache's file lock: two workers never read an entry the other is still writing.
     jax.config.update("jax_compilation_cache_max_size", 4 << 30)
 

@@ -163,9 +163,11 @@ def test_nanogpt_peer_matches_the_plain_jax_model():
             targets = torch.gather(inputs, 1, positions)
         with torch.no_grad():
             expected = float(model(inputs, targets, positions))
-        got = float(plain_jax.loss_fn(params, np.asarray(inputs), np.asarray(targets),
-                                      None if positions is None else np.asarray(positions),
-                                      n_heads=shape["n_heads"], causal=causal))
+        # Compiled: op by op, the loss is hundreds of tiny compiles (30 s here).
+        loss_fn = jax.jit(plain_jax.loss_fn, static_argnames=("n_heads", "causal"))
+        got = float(loss_fn(params, np.asarray(inputs), np.asarray(targets),
+                            None if positions is None else np.asarray(positions), n_heads=shape["n_heads"],
+                            causal=causal))
         assert got == pytest.approx(expected, rel=1e-4)
 
 
