@@ -1,4 +1,4 @@
-"""Test setup: 8 fake CPU devices for the sharding tests and XLA's backend at -O0 (both set before JAX
+"""Test setup: 8 fake CPU devices for the sharding tests and XLA's fastest-compiling settings (set before JAX
 initialises), the data root (JAXFORMER_DATA) at ../shared/data beside the repository when that folder exists,
 and one XLA compilation cache per test session."""
 
@@ -10,8 +10,13 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 # The suite compiles far more than it runs: XLA's backend at -O0 compiles faster (the whole suite on 2 cores:
 # 19.5 -> 16.6 minutes, same tests passing) and computes the same functions; a few training-heavy tests run
 # slower. An explicit level in XLA_FLAGS wins (XLA_FLAGS=--xla_backend_optimization_level=2 for the optimised one).
-if "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
-    os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
+# For the same reason, XLA:CPU's older elemental emitters for fused loops: at -O0 a tiny train step compiles in
+# 1.1-1.5 s with them against 1.6-2.2 s with the newer fusion emitters (test_cli + test_distill + test_albert in
+# one process: 89 -> 67 s). Not for speed: at -O2 they compile 2-3x slower and the benchmark steps run 0.88-0.96x.
+FAST_COMPILE_FLAGS = {"--xla_backend_optimization_level": "0", "--xla_cpu_use_fusion_emitters": "false"}
+for flag, value in FAST_COMPILE_FLAGS.items():
+    if flag not in os.environ["XLA_FLAGS"]:
+        os.environ["XLA_FLAGS"] += f" {flag}={value}"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pathlib import Path  # noqa: E402
