@@ -85,7 +85,11 @@ class Objective:
 
     def head_logits(self, model, hidden_xD: jax.Array) -> jax.Array:
         """This objective's vocabulary head at every given position (import parity, fill-mask)."""
-        return model.mlm_logits(hidden_xD) if self.head == "mlm" else model.logits(hidden_xD)
+        return model.vocab_logits(*self.head_inputs(model, hidden_xD))
+
+    def head_inputs(self, model, hidden_xD: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+        """What this objective's vocabulary head projects: [..., E] vectors and the vocabulary bias (or None)."""
+        return model.mlm_inputs(hidden_xD) if self.head == "mlm" else model.lm_inputs(hidden_xD)
 
     @property
     def description(self) -> str:
@@ -111,7 +115,7 @@ class Objective:
         if chunk and self.head in ("lm", "mlm"):  # vocabulary heads: never all [P, V] logits at once
             hidden_BxTxD, aux = self.forward(model, ex, rng=rng)
             h_BxPxD = self.slot_hidden(hidden_BxTxD, ex)
-            h_BxPxE, bias_U = model.mlm_inputs(h_BxPxD) if self.head == "mlm" else model.lm_inputs(h_BxPxD)
+            h_BxPxE, bias_U = self.head_inputs(model, h_BxPxD)
             table, table_axes = model.vocab_table()
             xent_sum, correct_sum = fused_xent_sums(
                 h_BxPxE.reshape(-1, h_BxPxE.shape[-1]), table, table_axes, bias_U, ex["targets"].reshape(-1),
