@@ -83,3 +83,14 @@ def test_bfloat16_matmuls_stay_close_to_float64():
     assert float(value) == pytest.approx(want, rel=2e-2)
     for got, ref in ((d_h, want_h), (d_table, want_table), (d_bias, want_bias)):
         assert np.linalg.norm(np.asarray(got, np.float64) - ref) < 3e-2 * np.linalg.norm(ref)
+
+
+def test_no_predicted_rows_give_zero_sums_and_gradients():
+    h, table, bias, targets, weights = _inputs("ve", True)
+
+    def xent(h, table, bias):
+        return fused_xent_sums(h[:0], table, "ve", bias, targets[:0], weights[:0], vocab_size=V, chunk=8,
+                               dtype=jnp.float32)[0]
+
+    value, grads = jax.value_and_grad(xent, argnums=(0, 1, 2))(h, table, bias)
+    assert float(value) == 0.0 and not any(np.asarray(g).any() for g in grads)

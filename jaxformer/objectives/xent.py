@@ -39,8 +39,8 @@ def fused_xent_sums(h_PxE: jax.Array, table: jax.Array, table_axes: str, bias_U:
     `table` is the vocabulary matrix as the model stores it, `table_axes` its einsum axes ("ve": [U, E], "ev":
     [E, U]); the matmuls run in `dtype` (the model's compute dtype) and the softmax in float32. Differentiable in
     `h_PxE`, `table` and `bias_U` (the returned accuracy count has no gradient)."""
-    # A chunk longer than the rows would only pad them (MLM predicts ~15% of the slots).
-    spec = _FusedHead(table_axes, vocab_size, min(chunk, h_PxE.shape[0]), jnp.dtype(dtype))
+    # A chunk longer than the rows would only pad them (MLM predicts ~15% of the slots); no rows: one padded row.
+    spec = _FusedHead(table_axes, vocab_size, max(1, min(chunk, h_PxE.shape[0])), jnp.dtype(dtype))
     return _fused_head(spec, h_PxE, table, bias_U, targets_P, weights_P)
 
 
