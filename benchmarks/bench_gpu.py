@@ -16,6 +16,9 @@ says so; the measured roofline (random bf16 operands) is recorded beside the pub
 Each `--variant` is a further run in the same process right after the baseline, with its tokens/s ratio to the
 baseline: a change measured on the same device in the same window. The JSON is rewritten after every run, so a
 run cut short keeps what finished; `--budget-s` skips the variants left once that much time has gone.
+`--trace-dir DIR` profiles a few more steps of every run: where the step's time goes by category (the table of
+benchmarks/profile_step.py, in the JSON as `profile`), with the trace and HLO kept under DIR/<run> so
+`python benchmarks/profile_step.py --from DIR/<run>` reads them again elsewhere.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import re
 import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -97,6 +102,8 @@ def run(args, overrides: dict | None = None, roofline_tflops: float | None = Non
 
     _, state = timing.time_steps(step, state, batches, args.warmup, float("inf"), sync)
     times, state = timing.time_steps(step, state, batches, args.steps, float("inf"), sync)
+    profile = trace(args, overrides, lambda s: step(s, batches[0]), state, sync, compiled.as_text(),
+                    cfg.model.padded_vocab_size) if args.trace_dir else None
     stats = timing.step_stats(times, b * t)
     flops = count(cfg)["training_flops_per_token"]["executed"]
     device = jax.devices()[0]
@@ -121,7 +128,32 @@ def run(args, overrides: dict | None = None, roofline_tflops: float | None = Non
             "roofline_tflops": float(f"{roofline_tflops:.4g}"), "roofline_n": n,
             "mfu_vs_roofline": flops * stats["tokens_per_s_median"] / (roofline_tflops * 1e12),
             "temp_memory_mb": round(getattr(memory, "temp_size_in_bytes", 0) / 2**20, 1) if memory else None,
-            "loss_last": float(last["m"]["loss"])}
+            "loss_last": float(last["m"]["loss"]), **({"profile": profile} if profile else {})}
+
+
+def trace(args, overrides: dict | None, step, state, sync, hlo_text: str, vocab: int) -> dict:
+    """`args.trace_steps` more steps under the profiler: the time by category (profile_step's table), the trace and
+    HLO kept under DIR/<run>. A profiler that fails here is recorded, never the end of the benchmark."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import profile_step
+
+    label = re.sub(r"[^\w.-]+", "_", ",".join(f"{k}={v}" for k, v in (overrides or {}).items())) or "baseline"
+    keep = Path(args.trace_dir) / label
+    box = [state]
+
+    def run_step():
+        box[0] = step(box[0])
+        sync(box[0])
+
+    try:
+        events, times = profile_step.record(run_step, args.trace_steps, keep)
+        profile_step.keep_hlo(keep, hlo_text, {"steps": args.trace_steps, "vocab": vocab, "overrides": overrides or {},
+                                               "step_ms_traced": [round(t * 1e3, 2) for t in times]})
+        hlo = profile_step.parse_hlo(hlo_text)
+        return {"trace": str(keep), **profile_step.table(profile_step.attribute(events, hlo, args.trace_steps),
+                                                           hlo, vocab, top=15)}
+    except Exception as err:  # noqa: BLE001 - the timing above stands without a profile
+        return {"trace": str(keep), "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
                         "--variant model.attention_impl=xla; the JSON gives its tokens/s ratio to the baseline")
     p.add_argument("--budget-s", type=float, default=float("inf"),
                    help="skip the variants not yet started once this many seconds have gone")
+    p.add_argument("--trace-dir", default=None, metavar="DIR",
+                   help="profile --trace-steps more steps of every run: time by category in the JSON, the trace "
+                        "and HLO kept under DIR/<run> (for profile_step.py --from)")
+    p.add_argument("--trace-steps", type=int, default=3)
     p.add_argument("--out", default="bench/gpu.json")
     args = p.parse_args(argv)
     args.batch_size = args.batch_size or (2 if args.smoke else 16)
@@ -171,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
         result["variants"].append(entry)
         print(_line(text, entry))
         atomic.write_text(args.out, json.dumps(result, indent=2) + "\n")
+    for name, r in [("baseline", result), *((v["variant"], v) for v in result["variants"])]:
+        if "categories" in r.get("profile", {}):
+            print(f"{name}: " + ", ".join(f"{c['category']} {c['ms_per_step']} ms" for c in r["profile"]["categories"]))
+        elif "profile" in r:
+            print(f"{name}: no profile ({r['profile']['error']})")
     print(f"{result['device_kind'] or result['device']}: peak {result['peak_tflops']} TFLOP/s "
           f"({result['peak_source']}), measured bf16 roofline {result['roofline_tflops']} TFLOP/s; wrote {args.out}")
     return 1 if failed else 0

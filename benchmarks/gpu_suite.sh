@@ -3,8 +3,10 @@
 # kernels' numerics on the GPU (tests/test_gpu_kernels.py), then GPT-2 small in bf16 (benchmarks/bench_gpu.py)
 # with the variants that say what each accelerator setting buys, as ratios measured in the same process.
 #   bash benchmarks/gpu_suite.sh [OUTDIR]     (default bench/gpu; `make gpu-suite`)
-# The variants not yet measured on a GPU come first (results/bench/gpu-h200*.json has the others).
-# BUDGET_S caps the benchmark's variants (the ones not started by then are recorded as skipped); SMOKE=1: tiny shapes.
+# The variants not yet measured on a GPU come first (results/bench/gpu-h200*.json has the others). Every run is
+# also profiled (bench_gpu.py --trace-dir): its time by category in the JSON, the trace kept under OUTDIR/trace.
+# BUDGET_S caps the benchmark's variants (the ones not started by then are recorded as skipped); SMOKE=1: tiny shapes;
+# TESTS: the test files to run first (default: the GPU kernels' and the fused head's).
 set -u
 dir=${1:-bench/gpu}
 mkdir -p "$dir"
@@ -12,10 +14,14 @@ export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee "$dir/gpu_info.txt"
 python3 -c "import sys, jax, flax, optax; print(sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__,
 'optax', optax.__version__, jax.devices())" 2>&1 | tee -a "$dir/gpu_info.txt"
-timeout "${TESTS_TIMEOUT_S:-180}" python3 -m pytest -n 0 -p no:cacheprovider -q -rs tests/test_gpu_kernels.py 2>&1 \
+timeout "${TESTS_TIMEOUT_S:-180}" python3 -m pytest -n 0 -p no:cacheprovider -q -rs \
+  ${TESTS:-tests/test_gpu_kernels.py tests/test_fused_xent.py} 2>&1 \
   | tee "$dir/gpu_tests.log" | tail -25
 python3 benchmarks/bench_gpu.py ${SMOKE:+--smoke} --out "$dir/gpu.json" --budget-s "${BUDGET_S:-inf}" \
+  --trace-dir "$dir/trace" \
   --variant model.xent_chunk=8192 \
+  --variant train.batch_size=32,model.xent_chunk=8192 \
+  --variant train.batch_size=64,model.xent_chunk=8192 \
   --variant model.remat=true \
   --variant model.attention_impl=xla \
   --variant model.vocab_pad_multiple=0 \

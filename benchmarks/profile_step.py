@@ -14,8 +14,11 @@ computes. Categories:
   `transpose(jvp(...))`, neither);
 - `idle`: no thunk running (dispatch gaps between thunks).
 XLA:CPU runs independent thunks concurrently; a stretch of time with two thunks running is charged half to each,
-so the categories add up to the wall time. Built for XLA:CPU's thunk runtime (the one that names thunks after
-HLO instructions); on other backends the table is as good as the trace's names.
+so the categories add up to the wall time. On a GPU the trace's device lines are read instead: each kernel names
+the HLO instruction it runs (`hlo_op`), cuBLAS GEMM custom calls count as matmuls (their FLOPs from the GEMM's
+dimension numbers), cuDNN's fused attention is `attention kernel`, and `idle` is the time no kernel runs.
+
+    python benchmarks/profile_step.py --from DIR     # a saved trace: benchmarks/bench_gpu.py --trace-dir DIR/..
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ from pathlib import Path
 from jaxformer import timing
 from jaxformer.errors import UserError
 
-_INSTR = re.compile(r"^\s+(?:ROOT )?%([\w.\-]+) = (\w+\[[\d,]*\])\S* (\w[\w\-]*)\((.*?)\)(.*)$")
+# a tuple-shaped result (a cuBLAS GEMM's (result, workspace)) is kept whole; _dims reads its first element
+_INSTR = re.compile(r"^\s+(?:ROOT )?%([\w.\-]+) = (\(.*?\)|\w+\[[\d,]*\])\S* (\w[\w\-]*)\((.*?)\)(.*)$")
+_GEMM_TARGETS = ("__cublas$gemm", "__cublas$lt$matmul")
 _COMPUTATION = re.compile(r"^%?([\w.\-]+) .*\{$")
 _LAYOUT_OPS = {"parameter", "bitcast", "copy", "transpose", "slice", "pad", "concatenate", "reshape", "broadcast",
                "constant", "dynamic-slice", "dynamic-update-slice"}
@@ -62,20 +67,26 @@ def parse_hlo(text: str) -> dict:
         flops, ops, batched, dot_dims = 0.0, set(), False, set()
         for i in instrs:
             ops.add(i["op"])
-            if i["op"] != "dot":
+            gemm = i["op"] == "custom-call" and _target(i["rest"]) in _GEMM_TARGETS
+            if i["op"] != "dot" and not gemm:
                 continue
             operands = [shapes.get(o.strip().lstrip("%"), "") for o in i["operands"].split(",")]
             lhs = operands[0]
             dot_dims.update(d for shape in [i["shape"], *operands] if shape for d in _dims(shape))
-            contract = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", i["rest"])
+            if gemm:  # backend_config JSON: "lhs_contracting_dimensions":["1"], "lhs_batch_dimensions":[...]
+                contract = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', i["rest"])
+                batch = re.search(r'"lhs_batch_dimensions":\[([^\]]*)\]', i["rest"])
+                batched |= bool(batch and batch.group(1).strip())
+            else:
+                contract = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", i["rest"])
+                batched |= "lhs_batch_dims" in i["rest"]
             k = 1
-            for d in (contract.group(1).split(",") if contract and lhs else []):
-                k *= _dims(lhs)[int(d)] if d else 1
+            for d in (contract.group(1).replace('"', "").split(",") if contract and lhs else []):
+                k *= _dims(lhs)[int(d)] if d.strip() else 1
             n = 1
             for d in _dims(i["shape"]):
                 n *= d
             flops += 2.0 * n * k
-            batched |= "lhs_batch_dims" in i["rest"]
         return flops, ops, batched, dot_dims
 
     out = {}
@@ -90,13 +101,20 @@ def parse_hlo(text: str) -> dict:
             op_name = re.search(r'op_name="([^"]*)"', i["rest"])
             out[i["name"]] = {"op": i["op"], "shape": i["shape"], "flops": flops, "ops": sorted(ops),
                               "batched_dot": batched, "dot_dims": sorted(dot_dims),
-                              "op_name": op_name.group(1) if op_name else ""}
+                              "op_name": op_name.group(1) if op_name else "", "target": _target(i["rest"])}
     return out
+
+
+def _target(rest: str) -> str:
+    m = re.search(r'custom_call_target="([^"]*)"', rest)
+    return m.group(1) if m else ""
 
 
 def categorize(info: dict | None, vocab: int) -> str:
     if info is None:
         return "other"
+    if "fmha" in info.get("target", ""):  # cuDNN's fused attention (forward or backward)
+        return "attention kernel"
     if info["flops"]:
         if vocab in info["dot_dims"]:  # the head, its input gradient and the embedding-table gradient
             return "matmul: vocab"
@@ -109,13 +127,25 @@ def categorize(info: dict | None, vocab: int) -> str:
     return "elementwise: forward" if "jvp(" in name else "optimizer + update"
 
 
-def attribute(events: list[dict], hlo: dict) -> dict:
-    """Charge every instant of the traced steps to the thunks running then (equal shares), by category."""
+def device_kernels(events: list[dict]) -> list[dict]:
+    """The events of an accelerator's lines (a process named /device:GPU:n or /device:TPU:n), each renamed to the
+    HLO instruction it runs (its `hlo_op`); none on a CPU, whose thunks run on host threads."""
+    pids = {e.get("pid") for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
+            and re.search(r"/device:(GPU|TPU):", str(e.get("args", {}).get("name", "")))}
+    return [{**e, "name": e["args"]["hlo_op"]} for e in events
+            if e.get("pid") in pids and e.get("ph") == "X" and "hlo_op" in e.get("args", {})]
+
+
+def attribute(events: list[dict], hlo: dict, steps: int | None = None) -> dict:
+    """Charge every instant of the traced steps to the thunks (or device kernels) running then, in equal shares.
+    `steps`: how many steps the trace holds, where it has no per-step wall event to count (an accelerator)."""
     walls = [e for e in events if e.get("ph") == "X" and e["name"] == _WALL]
+    events = device_kernels(events) or events
     leaves = [e for e in events if e.get("ph") == "X" and e.get("dur", 0) > 0 and not e["name"].startswith(_NOT_THUNKS)
               and e["name"] in hlo]
     if not leaves:
-        raise UserError("the profile holds no XLA thunk names (not XLA:CPU's thunk runtime?); nothing to attribute.")
+        raise UserError("the profile holds no XLA instruction names (no thunk or kernel named after one); "
+                        "nothing to attribute.")
     t0 = min(e["ts"] for e in (walls or leaves))
     t1 = max(e["ts"] + e["dur"] for e in (walls or leaves))
     edges = sorted([(e["ts"], 1, e["name"]) for e in leaves] + [(e["ts"] + e["dur"], -1, e["name"]) for e in leaves]
@@ -132,7 +162,7 @@ def attribute(events: list[dict], hlo: dict) -> dict:
                     per_thunk[thunk] += (b - a) * count / busy
         running[name] += delta
         last = max(last, ts)
-    return {"wall_us": t1 - t0, "idle_us": idle, "per_thunk_us": dict(per_thunk), "steps": max(1, len(walls))}
+    return {"wall_us": t1 - t0, "idle_us": idle, "per_thunk_us": dict(per_thunk), "steps": steps or max(1, len(walls))}
 
 
 def table(attributed: dict, hlo: dict, vocab: int, top: int) -> dict:
@@ -153,6 +183,34 @@ def table(attributed: dict, hlo: dict, vocab: int, top: int) -> dict:
             "heaviest_thunks": heaviest}
 
 
+def record(run_step, steps: int, keep: Path | None = None) -> tuple[list[dict], list[float]]:
+    """`steps` calls of `run_step()` (each synced) under the JAX profiler: the trace's events and the step times;
+    `keep`: a directory to copy the trace into (trace.json.gz) for `--from`."""
+    import jax
+
+    times = []
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir):
+            for _ in range(steps):
+                t = time.perf_counter()
+                run_step()
+                times.append(time.perf_counter() - t)
+        files = sorted(Path(trace_dir).rglob("*.trace.json.gz"))
+        if not files:
+            raise UserError("the JAX profiler wrote no trace here; nothing to attribute.")
+        data = files[-1].read_bytes()
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        (keep / "trace.json.gz").write_bytes(data)
+    return json.loads(gzip.decompress(data))["traceEvents"], times
+
+
+def keep_hlo(keep: Path, hlo_text: str, meta: dict) -> None:
+    """What `--from` needs beside the trace: the compiled HLO and how to read the trace (steps, vocabulary)."""
+    (keep / "hlo.txt.gz").write_bytes(gzip.compress(hlo_text.encode()))
+    (keep / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
 def profile(args) -> dict:
     import jax
 
@@ -168,23 +226,40 @@ def profile(args) -> dict:
     for _ in range(2):  # warm-up: first executions allocate
         state, metrics = compiled(state, batch, key)
         jax.block_until_ready(metrics)
-    times = []
-    with tempfile.TemporaryDirectory() as trace_dir:
-        with jax.profiler.trace(trace_dir):
-            for _ in range(args.steps):
-                t = time.perf_counter()
-                state, metrics = compiled(state, batch, key)
-                jax.block_until_ready(metrics)
-                times.append(time.perf_counter() - t)
-        files = sorted(Path(trace_dir).rglob("*.trace.json.gz"))
-        if not files:
-            raise UserError("the JAX profiler wrote no trace here; nothing to attribute.")
-        events = json.loads(gzip.decompress(files[-1].read_bytes()))["traceEvents"]
+
+    def run_step():
+        nonlocal state
+        state, metrics = compiled(state, batch, key)
+        jax.block_until_ready(metrics)
+
+    events, times = record(run_step, args.steps)
     attributed = attribute(events, hlo)
     return {"benchmark": "step_profile", "objective": args.objective, "config": args.config, "overrides": overrides,
             "batch_size": args.batch_size, "seq_len": args.seq_len, "vocab": args.vocab,
             "step_ms_traced": [round(t * 1e3, 1) for t in times], "machine": timing.machine_info(),
             "loadavg": timing.loadavg(), **table(attributed, hlo, cfg.model.vocab_size, args.top)}
+
+
+def from_saved(directory: Path, top: int) -> dict:
+    """The table of a trace saved with its HLO and meta.json (benchmarks/bench_gpu.py --trace-dir)."""
+    paths = [directory / name for name in ("trace.json.gz", "hlo.txt.gz", "meta.json")]
+    if missing := [str(q) for q in paths if not q.is_file()]:
+        raise UserError(f"--from {directory}: missing {', '.join(missing)} (written by bench_gpu.py --trace-dir).")
+    meta = json.loads(paths[2].read_text())
+    events = json.loads(gzip.decompress(paths[0].read_bytes()))["traceEvents"]
+    hlo = parse_hlo(gzip.decompress(paths[1].read_bytes()).decode())
+    attributed = attribute(events, hlo, steps=meta["steps"])
+    return {"benchmark": "step_profile", **meta, **table(attributed, hlo, meta["vocab"], top)}
+
+
+def print_table(result: dict) -> None:
+    print(f"{'category':<24} {'ms/step':>9} {'%':>6} {'GFLOP/s':>9}")
+    for r in result["categories"]:
+        rate = "" if r["gflops_per_s"] is None else f"{r['gflops_per_s']:.0f}"
+        print(f"{r['category']:<24} {r['ms_per_step']:>9.1f} {r['percent']:>6.1f} {rate:>9}")
+    print("heaviest thunks:")
+    for h in result["heaviest_thunks"]:
+        print(f"  {h['ms_per_step']:8.2f} ms  {h['category']:<22} {h['shape']:<24} {h['jax_op']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,25 +272,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--from", dest="saved", type=Path, default=None, metavar="DIR",
+                   help="read a saved trace instead of running (a directory bench_gpu.py --trace-dir wrote)")
     p.add_argument("--out", default="bench/profile.json")
     args = p.parse_args(argv)
     try:
         if min(args.steps, args.batch_size, args.seq_len, args.vocab) < 1:
             raise UserError("--steps, --batch-size, --seq-len and --vocab must be positive.")
-        result = profile(args)
+        result = from_saved(args.saved, args.top) if args.saved else profile(args)
     except UserError as err:
         print(f"profile_step: {err}", file=sys.stderr)
         return 2
     timing.write_result(result, args.out)
-    print(f"{args.objective} {args.config} {result['overrides'] or ''}: {result['wall_ms_per_step']} ms per traced "
-          f"step (untraced steps: see bench_train)")
-    print(f"{'category':<24} {'ms/step':>9} {'%':>6} {'GFLOP/s':>9}")
-    for r in result["categories"]:
-        rate = "" if r["gflops_per_s"] is None else f"{r['gflops_per_s']:.0f}"
-        print(f"{r['category']:<24} {r['ms_per_step']:>9.1f} {r['percent']:>6.1f} {rate:>9}")
-    print("heaviest thunks:")
-    for h in result["heaviest_thunks"]:
-        print(f"  {h['ms_per_step']:8.2f} ms  {h['category']:<22} {h['shape']:<24} {h['jax_op']}")
+    what = args.saved or f"{args.objective} {args.config} {result['overrides'] or ''}"
+    print(f"{what}: {result['wall_ms_per_step']} ms per traced step (untraced steps: see the benchmarks)")
+    print_table(result)
     print(f"wrote {args.out}")
     return 0
 
