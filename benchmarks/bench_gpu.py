@@ -13,6 +13,11 @@ so at the padded head width) x tokens/s / peak; compare padded and unpadded runs
 from PEAK_TFLOPS (a CPU, say) the peak is the `jnp.dot` bf16 roofline measured in the same process, and the JSON
 says so; the measured roofline (random bf16 operands) is recorded beside the published peak either way.
 
+Steps are timed as the training loop runs them: `--sync-every` (5) steps dispatched back to back, then one
+sync, so the host's dispatch of a step overlaps the device's work on the previous one; the step time is a
+window's time per step (median over windows). `step_ms_synced_each_median` is the same step waited for every
+time: the difference is host time a loop that syncs each step would add.
+
 Each `--variant` is a further run in the same process right after the baseline, with its tokens/s ratio to the
 baseline: a change measured on the same device in the same window. The JSON is rewritten after every run, so a
 run cut short keeps what finished; `--budget-s` skips the variants left once that much time has gone.
@@ -73,12 +78,30 @@ def bench_config(args, overrides: dict | None = None):
     return resolve(apply_overrides(get_preset("gpt2-small"), values), n_devices=1)
 
 
+# The last run's state, kept for the next run when its parameters and optimizer state have the same shapes (a
+# variant of batch size, head or kernel): initialising GPT-2 small took ~75 s a run on an H200, its step ~40 ms.
+_previous: dict = {}
+
+
+def initial_state(cfg, mesh):
+    """(state, shardings, reused): the previous run's state under this config where its shapes fit, else a new one."""
+    abstract = train.abstract_state(cfg)
+    shapes = jax.tree.map(lambda x: (x.shape, x.dtype), (abstract.params, abstract.opt_state))
+    shardings = train.state_shardings(abstract, mesh)
+    if _previous and _previous["shapes"] == shapes:
+        state = _previous.pop("state").replace(graphdef=abstract.graphdef, tx=abstract.tx, cfg=cfg)
+        return jax.device_put(state, shardings), shardings, True
+    _previous.clear()
+    state, shardings = train.init_train_state(cfg, mesh)
+    return state, shardings, False
+
+
 def run(args, overrides: dict | None = None, roofline_tflops: float | None = None) -> dict:
     """One timed configuration (`bench_config`)."""
     run_start = time.perf_counter()
     cfg = bench_config(args, overrides)
     mesh = parallel.make_mesh(cfg.mesh, jax.devices()[:1])
-    state, shardings = train.init_train_state(cfg, mesh)
+    state, shardings, reused = initial_state(cfg, mesh)
     jax.block_until_ready(state)
     init_s = time.perf_counter() - run_start
     b, t = cfg.train.batch_size, cfg.train.seq_len
@@ -101,10 +124,18 @@ def run(args, overrides: dict | None = None, roofline_tflops: float | None = Non
         jax.block_until_ready((state, last["m"]))
 
     _, state = timing.time_steps(step, state, batches, args.warmup, float("inf"), sync)
-    times, state = timing.time_steps(step, state, batches, args.steps, float("inf"), sync)
-    profile = trace(args, overrides, lambda s: step(s, batches[0]), state, sync, compiled.as_text(),
-                    cfg.model.padded_vocab_size) if args.trace_dir else None
-    stats = timing.step_stats(times, b * t)
+    times, state = timing.time_steps(step, state, batches, args.steps, float("inf"), sync, args.sync_every)
+    # the same steps each waited for: the host's dispatch time that a loop which syncs every step adds
+    synced, state = timing.time_steps(step, state, batches, min(args.steps, 5), float("inf"), sync)
+    profile = None
+    if args.trace_dir:
+        profile, state = trace(args, overrides, lambda s: step(s, batches[0]), state, sync, compiled.as_text(),
+                               cfg.model.padded_vocab_size)
+    _previous.update(shapes=jax.tree.map(lambda x: (x.shape, x.dtype), (state.params, state.opt_state)),
+                     state=state)
+    stats = {**timing.step_stats(times, b * t), "steps_timed": args.steps, "windows_timed": len(times),
+             "sync_every": args.sync_every,
+             "step_ms_synced_each_median": round(1e3 * float(np.median(synced)), 2)}
     flops = count(cfg)["training_flops_per_token"]["executed"]
     device = jax.devices()[0]
     peak, peak_source = device_peak(device)
@@ -121,7 +152,7 @@ def run(args, overrides: dict | None = None, roofline_tflops: float | None = Non
             "param_dtype": cfg.model.param_dtype, "attention_impl": cfg.model.attention_impl,
             "attention_kernel": attention_kernels.resolve(cfg.model.attention_impl, cfg.model.dtype,
                                                           window=cfg.model.window),
-            "init_s": round(init_s, 2), "compile_s": round(compile_s, 2),
+            "init_s": round(init_s, 2), "state_reused": reused, "compile_s": round(compile_s, 2),
             "run_wall_s": round(time.perf_counter() - run_start, 2), **stats, "flops_per_token": flops,
             "peak_tflops": float(f"{peak:.4g}"), "peak_source": peak_source,
             "mfu": flops * stats["tokens_per_s_median"] / (peak * 1e12),
@@ -131,9 +162,10 @@ def run(args, overrides: dict | None = None, roofline_tflops: float | None = Non
             "loss_last": float(last["m"]["loss"]), **({"profile": profile} if profile else {})}
 
 
-def trace(args, overrides: dict | None, step, state, sync, hlo_text: str, vocab: int) -> dict:
-    """`args.trace_steps` more steps under the profiler: the time by category (profile_step's table), the trace and
-    HLO kept under DIR/<run>. A profiler that fails here is recorded, never the end of the benchmark."""
+def trace(args, overrides: dict | None, step, state, sync, hlo_text: str, vocab: int) -> tuple[dict, object]:
+    """`args.trace_steps` more steps under the profiler: (the time by category (profile_step's table), the state
+    after them); the trace and HLO are kept under DIR/<run>. A profiler that fails is recorded, never the end of
+    the benchmark."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import profile_step
 
@@ -151,9 +183,9 @@ def trace(args, overrides: dict | None, step, state, sync, hlo_text: str, vocab:
                                                "step_ms_traced": [round(t * 1e3, 2) for t in times]})
         hlo = profile_step.parse_hlo(hlo_text)
         return {"trace": str(keep), **profile_step.table(profile_step.attribute(events, hlo, args.trace_steps),
-                                                           hlo, vocab, top=15)}
+                                                           hlo, vocab, top=15)}, box[0]
     except Exception as err:  # noqa: BLE001 - the timing above stands without a profile
-        return {"trace": str(keep), "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
+        return {"trace": str(keep), "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}, box[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq-len", type=int, default=None, help="default 1024 (64 with --smoke)")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 20; 2 with --smoke)")
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--sync-every", type=int, default=5,
+                   help="steps dispatched back to back per timed window, as the training loop runs them (1: wait "
+                        "for every step; the JSON also records 5 such steps as step_ms_synced_each_median)")
     p.add_argument("--vocab-pad-multiple", type=int, default=128,
                    help="model.vocab_pad_multiple: GPT-2's 50257 -> 50304 rows, as nanoGPT pads it (0: off, the "
                         "published shape)")
@@ -221,7 +256,8 @@ def _line(name: str, r: dict) -> str:
     if "tokens_per_s_median" not in r:
         return f"{name}: {r.get('error') or r.get('skipped')}"
     ratio = f", x{r['tokens_per_s_ratio']} the baseline" if "tokens_per_s_ratio" in r else ""
-    return (f"{name}: {r['tokens_per_s_median']:.0f} tokens/s ({r['step_ms_median']:.1f} ms/step), MFU "
+    return (f"{name}: {r['tokens_per_s_median']:.0f} tokens/s ({r['step_ms_median']:.1f} ms/step; "
+            f"{r['step_ms_synced_each_median']:.1f} synced each), MFU "
             f"{r['mfu']:.3f}, {r['mfu_vs_roofline']:.3f} of the measured roofline, temp memory "
             f"{r['temp_memory_mb']} MB, compile {r['compile_s']} s, loss {r['loss_last']:.4f}{ratio}")
 

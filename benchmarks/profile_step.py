@@ -39,6 +39,10 @@ from jaxformer.errors import UserError
 # a tuple-shaped result (a cuBLAS GEMM's (result, workspace)) is kept whole; _dims reads its first element
 _INSTR = re.compile(r"^\s+(?:ROOT )?%([\w.\-]+) = (\(.*?\)|\w+\[[\d,]*\])\S* (\w[\w\-]*)\((.*?)\)(.*)$")
 _GEMM_TARGETS = ("__cublas$gemm", "__cublas$lt$matmul")
+# GPU kernels that run a library call (cuBLAS, cuDNN) carry the library's kernel name, and inside a CUDA graph
+# (an XLA command buffer) their `hlo_op` is the graph's: they are told apart by name, charged to these entries.
+_LIBRARY_KERNELS = {"matmul: library": re.compile(r"gemm|nvjet|cutlass|xmma|gemv", re.I),
+                    "attention kernel": re.compile(r"sdpa|fmha|flash|cudnn", re.I)}
 _COMPUTATION = re.compile(r"^%?([\w.\-]+) .*\{$")
 _LAYOUT_OPS = {"parameter", "bitcast", "copy", "transpose", "slice", "pad", "concatenate", "reshape", "broadcast",
                "constant", "dynamic-slice", "dynamic-update-slice"}
@@ -89,8 +93,20 @@ def parse_hlo(text: str) -> dict:
             flops += 2.0 * n * k
         return flops, ops, batched, dot_dims
 
+    # how many times a step runs each computation's instructions: the entry once, a while loop's body as many
+    # times as its known trip count says (a loop of unknown length: once)
+    runs, pending = {"ENTRY": 1}, True
+    while pending:
+        pending = False
+        for computation, instrs in list(computations.items()):
+            for i in instrs:
+                body = re.search(r"body=%([\w.\-]+)", i["rest"]) if i["op"] == "while" else None
+                if body and computation in runs and body.group(1) not in runs:
+                    trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', i["rest"])
+                    runs[body.group(1)] = runs[computation] * (int(trips.group(1)) if trips else 1)
+                    pending = True
     out = {}
-    for instrs in computations.values():
+    for computation, instrs in computations.items():
         outer = {i["name"]: i["shape"] for i in instrs}
         for i in instrs:
             calls = re.search(r"calls=%([\w.\-]+)", i["rest"])
@@ -101,8 +117,20 @@ def parse_hlo(text: str) -> dict:
             op_name = re.search(r'op_name="([^"]*)"', i["rest"])
             out[i["name"]] = {"op": i["op"], "shape": i["shape"], "flops": flops, "ops": sorted(ops),
                               "batched_dot": batched, "dot_dims": sorted(dot_dims),
-                              "op_name": op_name.group(1) if op_name else "", "target": _target(i["rest"])}
+                              "op_name": op_name.group(1) if op_name else "", "target": _target(i["rest"]),
+                              "runs": runs.get(computation, 0)}  # 0: inside a fusion (its fusion runs)
+    # names for the library kernels told apart by name (no HLO instruction is named so); their FLOPs are the
+    # library calls', counted with the calls
+    for category in _LIBRARY_KERNELS:
+        out[f"<{category}>"] = {"op": "library", "shape": "", "flops": 0.0, "ops": [], "batched_dot": False,
+                                "dot_dims": [], "op_name": "", "target": "", "runs": 0, "category": category}
     return out
+
+
+def _library_category(info: dict) -> str | None:
+    if info.get("target") in _GEMM_TARGETS:
+        return "matmul: library"
+    return "attention kernel" if "fmha" in info.get("target", "") else None
 
 
 def _target(rest: str) -> str:
@@ -113,8 +141,10 @@ def _target(rest: str) -> str:
 def categorize(info: dict | None, vocab: int) -> str:
     if info is None:
         return "other"
-    if "fmha" in info.get("target", ""):  # cuDNN's fused attention (forward or backward)
-        return "attention kernel"
+    if "category" in info:  # a library kernel told apart by its name
+        return info["category"]
+    if library := _library_category(info):  # cuBLAS GEMMs, cuDNN's fused attention
+        return library
     if info["flops"]:
         if vocab in info["dot_dims"]:  # the head, its input gradient and the embedding-table gradient
             return "matmul: vocab"
@@ -127,20 +157,30 @@ def categorize(info: dict | None, vocab: int) -> str:
     return "elementwise: forward" if "jvp(" in name else "optimizer + update"
 
 
-def device_kernels(events: list[dict]) -> list[dict]:
+def device_kernels(events: list[dict], hlo: dict) -> list[dict]:
     """The events of an accelerator's lines (a process named /device:GPU:n or /device:TPU:n), each renamed to the
-    HLO instruction it runs (its `hlo_op`); none on a CPU, whose thunks run on host threads."""
+    HLO instruction it runs: its `hlo_op`, else its kernel name (XLA names a fusion's kernel after it, `.` -> `_`),
+    else a library entry by the kernel's name (`<matmul: library>`, `<attention kernel>`). None on a CPU, whose
+    thunks run on host threads."""
     pids = {e.get("pid") for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
             and re.search(r"/device:(GPU|TPU):", str(e.get("args", {}).get("name", "")))}
-    return [{**e, "name": e["args"]["hlo_op"]} for e in events
-            if e.get("pid") in pids and e.get("ph") == "X" and "hlo_op" in e.get("args", {})]
+    out = []
+    for e in events:
+        if e.get("pid") not in pids or e.get("ph") != "X":
+            continue
+        candidates = [e.get("args", {}).get("hlo_op", ""), re.sub(r"_(\d+)$", r".\1", e["name"]), e["name"],
+                      *(f"<{c}>" for c, pattern in _LIBRARY_KERNELS.items() if pattern.search(e["name"]))]
+        name = next((c for c in candidates if c in hlo), None)
+        if name is not None:
+            out.append({**e, "name": name})
+    return out
 
 
 def attribute(events: list[dict], hlo: dict, steps: int | None = None) -> dict:
     """Charge every instant of the traced steps to the thunks (or device kernels) running then, in equal shares.
     `steps`: how many steps the trace holds, where it has no per-step wall event to count (an accelerator)."""
     walls = [e for e in events if e.get("ph") == "X" and e["name"] == _WALL]
-    events = device_kernels(events) or events
+    events = device_kernels(events, hlo) or events
     leaves = [e for e in events if e.get("ph") == "X" and e.get("dur", 0) > 0 and not e["name"].startswith(_NOT_THUNKS)
               and e["name"] in hlo]
     if not leaves:
@@ -169,9 +209,11 @@ def table(attributed: dict, hlo: dict, vocab: int, top: int) -> dict:
     steps, wall = attributed["steps"], attributed["wall_us"] / attributed["steps"] / 1e3
     ms, flops = collections.Counter(), collections.Counter()
     for thunk, us in attributed["per_thunk_us"].items():
-        c = categorize(hlo.get(thunk), vocab)
-        ms[c] += us / steps / 1e3
-        flops[c] += hlo[thunk]["flops"]  # a thunk of the entry computation runs once per step
+        ms[categorize(hlo.get(thunk), vocab)] += us / steps / 1e3
+    # FLOPs from the program, not from the thunks seen: a GPU runs identical fusions as one kernel, named after the
+    # first of them
+    for info in hlo.values():
+        flops[categorize(info, vocab)] += info["flops"] * info["runs"]
     ms["idle"] = attributed["idle_us"] / steps / 1e3
     rows = [{"category": c, "ms_per_step": round(v, 1), "percent": round(100 * v / wall, 1),
              "gflops_per_s": round(flops[c] / (v / 1e3) / 1e9, 1) if flops[c] and v else None}

@@ -61,7 +61,9 @@ class ModelConfig:
     attention_impl: str = "auto"
     # Fused vocabulary head + cross-entropy over this many predicted slots at a time (0: whole logits); the full
     # fp32 logits are never materialised (jaxformer/objectives/xent.py). Same loss, so runs may switch on resume.
-    xent_chunk: int = 0
+    # -1 (auto, resolved when a run is made): 8192 on GPUs and TPUs (GPT-2 small on an H200: 1.02x the tokens/s,
+    # 74% of the scratch memory), 0 on CPUs (no faster there).
+    xent_chunk: int = -1
     # Segment (token-type) embeddings: how many types (BERT: 2, sentence A / B); 0 = none.
     type_vocab_size: int = 0
     # Factorised embeddings (ALBERT): tables of width embed_dim, projected to d_model; 0 = d_model (no projection).
@@ -193,6 +195,8 @@ class Config:
 
 SHARE_LAYERS = ("none", "all", "attention", "mlp")
 PAIR_TASKS = ("", "nsp", "sop")
+# model.xent_chunk=-1 (auto) on GPUs and TPUs: predicted slots per chunk of the fused vocabulary head
+ACCELERATOR_XENT_CHUNK = 8192
 
 # ---------------------------------------------------------------------------------------------- presets
 
@@ -356,6 +360,10 @@ def resolve(cfg: Config, *, vocab_size: int | None = None, n_devices: int | None
         import jax
 
         m = replace(m, dtype="bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32")
+    if m.xent_chunk == -1:
+        import jax
+
+        m = replace(m, xent_chunk=ACCELERATOR_XENT_CHUNK if jax.default_backend() in ("gpu", "tpu") else 0)
     m = replace(m,
                 n_kv_heads=m.n_kv_heads or m.n_heads,
                 head_dim=m.head_dim or (m.d_model // m.n_heads if m.n_heads and m.d_model % m.n_heads == 0 else 0),

@@ -142,6 +142,19 @@ def test_dtype_auto_is_float32_on_cpu_and_explicit_values_stay():
     assert explicit.model.dtype == "bfloat16"
 
 
+@pytest.mark.parametrize("backend, expected", [("cpu", 0), ("gpu", 8192), ("tpu", 8192)])
+def test_xent_chunk_auto_fuses_the_head_on_accelerators_only(monkeypatch, backend, expected):
+    from jaxformer.config import ACCELERATOR_XENT_CHUNK, apply_overrides, get_preset, resolve
+
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    assert get_preset("gpt2-small").model.xent_chunk == -1 and ACCELERATOR_XENT_CHUNK == 8192
+    assert resolve(get_preset("decoder-tiny"), vocab_size=64, n_devices=1).model.xent_chunk == expected
+    explicit = apply_overrides(get_preset("decoder-tiny"), {"model.xent_chunk": "64"})
+    assert resolve(explicit, vocab_size=64, n_devices=1).model.xent_chunk == 64  # a set value stays
+    with pytest.raises(UserError, match="model.xent_chunk"):
+        resolve(apply_overrides(get_preset("decoder-tiny"), {"model.xent_chunk": "-2"}), vocab_size=64, n_devices=1)
+
+
 def _step_metrics_and_grads(cfg, batch):
     graphdef, params = nnx.split(build_model(cfg, 0), nnx.Param)
     objective = objectives.for_config(cfg)

@@ -178,12 +178,29 @@ def test_gpu_benchmark_smoke_runs_anywhere(tmp_path):
     bench_gpu = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench_gpu)
     out = tmp_path / "gpu.json"
-    assert bench_gpu.main(["--smoke", "--steps", "2", "--warmup", "1", "--out", str(out),
-                           "--variant", "model.vocab_pad_multiple=0"]) == 0
+    assert bench_gpu.main(["--smoke", "--steps", "4", "--sync-every", "2", "--warmup", "1", "--out", str(out),
+                           "--trace-dir", str(tmp_path / "trace"), "--trace-steps", "2",
+                           "--variant", "model.xent_chunk=16", "--variant", "model.vocab_pad_multiple=0"]) == 0
     data = json.loads(out.read_text())
-    # The variant ran in the same process with its own config, and its ratio is against this baseline.
-    (variant,) = data["variants"]
+    # The variants ran in the same process with their own configs, and their ratios are against this baseline.
+    reused, variant = data["variants"]
     assert data["padded_vocab_size"] == 512 and variant["padded_vocab_size"] == variant["vocab_size"] == 500
+    # Same parameter shapes: the state is carried over; other shapes: a new one.
+    assert not data["state_reused"] and reused["state_reused"] and not variant["state_reused"]
+    assert reused["loss_last"] == pytest.approx(reused["loss_last"])  # finite after the carried-over state
+    # 4 steps in windows of 2, plus 5 steps each waited for
+    assert data["steps_timed"] == 4 and data["windows_timed"] == 2 and len(data["step_ms"]) == 2
+    assert data["step_ms_synced_each_median"] > 0
+    # every run profiled: the categories add up to the traced time; the kept trace reads back the same
+    profile = reused["profile"]
+    assert sum(c["ms_per_step"] for c in profile["categories"]) == pytest.approx(profile["wall_ms_per_step"],
+                                                                                abs=0.5)
+    spec = importlib.util.spec_from_file_location("profile_step", REPO / "benchmarks" / "profile_step.py")
+    profile_step = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile_step)
+    assert profile_step.main(["--from", profile["trace"], "--out", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["categories"] == profile["categories"] and again["overrides"] == {"model.xent_chunk": "16"}
     assert variant["tokens_per_s_ratio"] == pytest.approx(
         variant["tokens_per_s_median"] / data["tokens_per_s_median"], rel=1e-2)
     assert variant["roofline_tflops"] == data["roofline_tflops"] and data["attention_kernel"] != "auto"
@@ -211,3 +228,20 @@ def test_nanogpt_peer_has_the_benchmark_cells_parameters(objective):
     model = _hand_written_peers()[1].NanoGPT(vocab=512, seq_len=64, causal=objective == "clm", **timing.CONFIGS["S"])
     cfg = resolve(timing.bench_config(objective, "S", batch_size=2, seq_len=64, vocab=512), n_devices=1)
     assert sum(p.numel() for p in model.parameters()) == params.count(cfg)["total"]
+
+
+def test_steps_are_timed_in_windows_synced_once_each():
+    """timing.time_steps: `sync_every` steps dispatched back to back, one sync per window (a short last window),
+    one time per window; batches cycle."""
+    from jaxformer import timing
+
+    seen, synced = [], []
+
+    def step(state, batch):
+        seen.append(batch)
+        return state + 1
+
+    times, state = timing.time_steps(step, 0, ["a", "b"], 5, float("inf"), synced.append, sync_every=2)
+    assert state == 5 and seen == ["a", "b", "a", "b", "a"] and synced == [2, 4, 5] and len(times) == 3
+    times, _ = timing.time_steps(step, 0, ["a"], 3, float("inf"), synced.append)  # default: every step synced
+    assert len(times) == 3 and synced[-3:] == [1, 2, 3]

@@ -52,3 +52,65 @@ def test_concurrent_thunks_share_the_time_and_gaps_are_idle():
 def test_bad_sizes_are_one_sentence(capsys):
     assert profile_step.main(["--steps", "0"]) == 2
     assert "must be positive" in capsys.readouterr().err
+
+
+GPU_HLO = """HloModule jit_train_step, is_scheduled=true
+
+%fused_add (param_0: bf16[4,8]) -> bf16[4,8] {
+  %param_0 = bf16[4,8]{1,0} parameter(0)
+  ROOT %add.0 = bf16[4,8]{1,0} add(%param_0, %param_0), metadata={op_name="jit(train_step)/jvp()/add"}
+}
+
+%body (p: (s32[], bf16[4,8])) -> (s32[], bf16[4,8]) {
+  %p = (s32[], bf16[4,8]{1,0}) parameter(0)
+  %x = bf16[4,8]{1,0} get-tuple-element(%p), index=1
+  %w = bf16[8,8]{1,0} constant({...})
+  %custom-call.2 = (bf16[4,8]{1,0}, s8[1024]{0}) custom-call(%x, %w), custom_call_target="__cublas$gemm", \
+backend_config={"gemm_backend_config":{"dot_dimension_numbers":{"lhs_contracting_dimensions":["1"],\
+"rhs_contracting_dimensions":["0"],"lhs_batch_dimensions":[],"rhs_batch_dimensions":[]}}}
+  ROOT %t = (s32[], bf16[4,8]{1,0}) tuple(%x, %x)
+}
+
+ENTRY %main.9 (a: bf16[4,8], b: bf16[8,8]) -> bf16[4,8] {
+  %a = bf16[4,8]{1,0} parameter(0)
+  %b = bf16[8,8]{1,0} parameter(1)
+  %custom-call.1 = (bf16[4,8]{1,0}, s8[1024]{0}) custom-call(%a, %b), custom_call_target="__cublas$gemm", \
+backend_config={"gemm_backend_config":{"dot_dimension_numbers":{"lhs_contracting_dimensions":["1"],\
+"rhs_contracting_dimensions":["0"],"lhs_batch_dimensions":[],"rhs_batch_dimensions":[]}}}
+  %loop_add_fusion.3 = bf16[4,8]{1,0} fusion(%a), kind=kLoop, calls=%fused_add, \
+metadata={op_name="jit(train_step)/jvp()/add"}
+  %fmha.4 = (bf16[4,8]{1,0}, u8[0]{0}) custom-call(%a, %a, %a), custom_call_target="__cudnn$fmhaSoftmax"
+  %while.5 = (s32[], bf16[4,8]{1,0}) while(%a), condition=%cond, body=%body, \
+backend_config={"known_trip_count":{"n":"3"}}
+}
+""".replace("\\\n", "").replace("[4,8]", "[4096,8192]").replace("[8,8]", "[8192,8192]")
+
+
+def test_gpu_trace_kernels_map_to_instructions_and_library_calls():
+    """Hand-made GPU trace and HLO (the shapes XLA:GPU writes): a fusion's kernel is named after it with `.` -> `_`
+    and its `hlo_op` is a command buffer's; cuBLAS / cuDNN kernels are told apart by name; a cuBLAS GEMM's FLOPs
+    come from its dimension numbers and count once per trip of the while loop it sits in."""
+    hlo = profile_step.parse_hlo(GPU_HLO)
+    gemm = 2 * 4096 * 8192 * 8192  # per GEMM: once in the entry, 3 times in the loop body
+    assert hlo["custom-call.1"]["flops"] == hlo["custom-call.2"]["flops"] == gemm
+    assert hlo["custom-call.2"]["runs"] == 3 and hlo["custom-call.1"]["runs"] == 1
+    assert hlo["fmha.4"]["shape"].startswith("(bf16[4096,8192]")
+    gpu = {"pid": 1, "ph": "X", "args": {"hlo_op": "command_buffer_1"}}
+    ms = 1000  # trace times are in microseconds
+    events = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+              {"ph": "M", "name": "process_name", "pid": 7, "args": {"name": "/host:CPU"}},
+              {**gpu, "name": "loop_add_fusion_3", "ts": 0, "dur": 10 * ms},
+              {**gpu, "name": "nvjet_sm90_tst_128x128_64x6_2x1_v_bz_TNT", "ts": 10 * ms, "dur": 30 * ms},
+              {**gpu, "name": "cudnn_generated_fort_native_sdpa_sm90_flash_fprop", "ts": 40 * ms, "dur": 20 * ms},
+              {**gpu, "name": "some_unknown_kernel", "ts": 60 * ms, "dur": 5 * ms},
+              {"pid": 7, "ph": "X", "name": "loop_add_fusion.3", "ts": 0, "dur": 100 * ms, "args": {}},  # host side
+              {**gpu, "name": "loop_add_fusion_3", "ts": 90 * ms, "dur": 10 * ms}]
+    attributed = profile_step.attribute(events, hlo, steps=1)
+    got = profile_step.table(attributed, hlo, vocab=50, top=5)
+    rows = {r["category"]: r for r in got["categories"]}
+    assert rows["elementwise: forward"]["ms_per_step"] == 20 and attributed["per_thunk_us"] == {
+        "loop_add_fusion.3": 20 * ms, "<matmul: library>": 30 * ms, "<attention kernel>": 20 * ms}
+    assert attributed["idle_us"] == 30 * ms and got["wall_ms_per_step"] == 100  # the unknown kernel's time is idle
+    assert got["matmul_flops_per_step"] == gemm * (1 + 3)
+    assert rows["matmul: library"]["gflops_per_s"] == pytest.approx(gemm * 4 / 30e-3 / 1e9, rel=0.01)
+    assert rows["attention kernel"]["ms_per_step"] == 20

@@ -112,7 +112,7 @@ class Objective:
     def loss_sums(self, model, ex: dict, *, rng: jax.Array | None) -> tuple[jax.Array, dict]:
         """Summed cross-entropy over weighted predictions, plus sums for accuracy and the MoE auxiliary loss."""
         chunk = model.cfg.xent_chunk
-        if chunk and self.head in ("lm", "mlm"):  # vocabulary heads: never all [P, V] logits at once
+        if chunk > 0 and self.head in ("lm", "mlm"):  # vocabulary heads: never all [P, V] logits at once
             hidden_BxTxD, aux = self.forward(model, ex, rng=rng)
             h_BxPxD = self.slot_hidden(hidden_BxTxD, ex)
             h_BxPxE, bias_U = self.head_inputs(model, h_BxPxD)
