@@ -191,6 +191,7 @@ def test_gpu_benchmark_smoke_runs_anywhere(tmp_path):
     # 4 steps in windows of 2, plus 5 steps each waited for
     assert data["steps_timed"] == 4 and data["windows_timed"] == 2 and len(data["step_ms"]) == 2
     assert data["step_ms_synced_each_median"] > 0
+    assert 0 < data["init_compile_s"] <= data["init_s"]  # initialising compiles its program; a reused state does not
     # every run profiled: the categories add up to the traced time; the kept trace reads back the same
     profile = reused["profile"]
     assert sum(c["ms_per_step"] for c in profile["categories"]) == pytest.approx(profile["wall_ms_per_step"],
