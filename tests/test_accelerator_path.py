@@ -142,17 +142,28 @@ def test_dtype_auto_is_float32_on_cpu_and_explicit_values_stay():
     assert explicit.model.dtype == "bfloat16"
 
 
-@pytest.mark.parametrize("backend, expected", [("cpu", 0), ("gpu", 8192), ("tpu", 8192)])
-def test_xent_chunk_auto_fuses_the_head_on_accelerators_only(monkeypatch, backend, expected):
-    from jaxformer.config import ACCELERATOR_XENT_CHUNK, apply_overrides, get_preset, resolve
+@pytest.mark.parametrize("backend, chunk, pad", [("cpu", 0, 0), ("gpu", 8192, 128), ("tpu", 8192, 128)])
+def test_auto_fused_head_and_vocab_padding_on_accelerators_only(monkeypatch, backend, chunk, pad):
+    from jaxformer.config import apply_overrides, get_preset, resolve
 
     monkeypatch.setattr(jax, "default_backend", lambda: backend)
-    assert get_preset("gpt2-small").model.xent_chunk == -1 and ACCELERATOR_XENT_CHUNK == 8192
-    assert resolve(get_preset("decoder-tiny"), vocab_size=64, n_devices=1).model.xent_chunk == expected
-    explicit = apply_overrides(get_preset("decoder-tiny"), {"model.xent_chunk": "64"})
-    assert resolve(explicit, vocab_size=64, n_devices=1).model.xent_chunk == 64  # a set value stays
-    with pytest.raises(UserError, match="model.xent_chunk"):
-        resolve(apply_overrides(get_preset("decoder-tiny"), {"model.xent_chunk": "-2"}), vocab_size=64, n_devices=1)
+    preset = get_preset("gpt2-small").model
+    assert preset.xent_chunk == -1 and preset.vocab_pad_multiple == -1
+    resolved = resolve(get_preset("gpt2-small"), n_devices=1).model
+    assert resolved.xent_chunk == chunk and resolved.vocab_pad_multiple == pad
+    assert resolved.padded_vocab_size == (50304 if pad else 50257)
+    assert preset.padded_vocab_size == 50257  # unresolved auto pads nothing
+    explicit = apply_overrides(get_preset("decoder-tiny"), {"model.xent_chunk": "64", "model.vocab_pad_multiple": "0"})
+    kept = resolve(explicit, vocab_size=64, n_devices=1).model  # set values stay
+    assert kept.xent_chunk == 64 and kept.vocab_pad_multiple == 0
+    # an imported Hugging Face model keeps its tables' exact rows (import-hf --set pads them on request)
+    from jaxformer.hf.convert import config_for
+
+    imported = config_for({"vocab_size": 100, "max_seq_len": 32, "n_layer": 1, "d_model": 16, "n_heads": 2}, "clm")
+    assert imported.model.vocab_pad_multiple == 0 and imported.model.xent_chunk == chunk
+    for key in ("model.xent_chunk", "model.vocab_pad_multiple"):
+        with pytest.raises(UserError, match=key):
+            resolve(apply_overrides(get_preset("decoder-tiny"), {key: "-2"}), vocab_size=64, n_devices=1)
 
 
 def _step_metrics_and_grads(cfg, batch):

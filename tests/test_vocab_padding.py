@@ -101,7 +101,7 @@ def test_tables_are_padded_and_the_real_rows_start_as_without_padding():
     assert bert["vocab_padding"]["total_without_padding"] == 110_106_428
     assert bert["bertmodel_convention"]["params"] == 109_482_240
     with pytest.raises(UserError, match="model.vocab_pad_multiple"):
-        cfg_for("clm", -1)
+        cfg_for("clm", -2)  # -1 is auto
 
 
 # ---------------------------------------------------------------------------------------------- the same numbers

@@ -30,7 +30,8 @@ FAMILIES = {"gpt2": (gpt2, "clm"), "bert": (bert, "mlm")}  # model_type -> (name
 
 def config_for(model: dict, objective: str, tokenizer: str = "hf") -> Config:
     """A resolved jaxformer Config for an imported model (dropout off: the import is for inference)."""
-    overrides = {f"model.{k}": v for k, v in model.items()}
+    # HF tables have exactly vocab_size rows: no automatic padding here (import-hf --set pads them afterwards)
+    overrides = {"model.vocab_pad_multiple": 0, **{f"model.{k}": v for k, v in model.items()}}
     overrides.update({"objective.kind": objective, "data.tokenizer": tokenizer,
                       "data.vocab_size": model["vocab_size"], "train.seq_len": model["max_seq_len"]})
     return resolve(apply_overrides(Config(), overrides), n_devices=1)
