@@ -11,7 +11,7 @@ computes. Categories:
   with the GFLOP/s they ran at (their FLOPs over the wall time charged to them);
 - `layout`: fusions that only move data (copy, transpose, slice, pad, concatenate);
 - `elementwise: forward` / `elementwise: backward` / `optimizer + update` (by the op's JAX name: `jvp(...)`,
-  `transpose(jvp(...))`, neither);
+  `transpose(jvp(...))`, neither); `elementwise: unnamed`: ops XLA made with no JAX name;
 - `idle`: no thunk running (dispatch gaps between thunks).
 XLA:CPU runs independent thunks concurrently; a stretch of time with two thunks running is charged half to each,
 so the categories add up to the wall time. On a GPU the trace's device lines are read instead: each kernel names
@@ -153,6 +153,8 @@ def categorize(info: dict | None, vocab: int) -> str:
     if set(info["ops"]) <= _LAYOUT_OPS:
         return "layout"
     name = info["op_name"]
+    if not name:  # an op XLA made (a convert or pad it inserted): no JAX op to say which pass it serves
+        return "elementwise: unnamed"
     if "transpose(jvp" in name:
         return "elementwise: backward"
     return "elementwise: forward" if "jvp(" in name else "optimizer + update"
