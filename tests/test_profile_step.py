@@ -114,3 +114,17 @@ def test_gpu_trace_kernels_map_to_instructions_and_library_calls():
     assert got["matmul_flops_per_step"] == gemm * (1 + 3)
     assert rows["matmul: library"]["gflops_per_s"] == pytest.approx(gemm * 4 / 30e-3 / 1e9, rel=0.01)
     assert rows["attention kernel"]["ms_per_step"] == 20
+
+
+def test_an_asynchronous_dot_lasts_until_its_end_event():
+    """XLA:CPU's plain Eigen `dot` thunk returns at once and computes until its `end:` event: that time is the
+    dot's, not idle. A fusion's late `end:` event (executor bookkeeping) does not stretch the fusion."""
+    dot = {"op": "dot", "shape": "f32[4,4]", "flops": 128.0, "ops": ["dot"], "batched_dot": False,
+           "dot_dims": [4], "op_name": "transpose(jvp(x))", "runs": 1}
+    fusion = {**dot, "op": "fusion", "flops": 0.0, "ops": ["add"], "dot_dims": []}
+    events = [{"ph": "X", "name": "ThunkExecutor::Execute (wait for completion)", "ts": 0, "dur": 100},
+              {"ph": "X", "name": "dot.1", "ts": 0, "dur": 2}, {"ph": "X", "name": "end: dot.1", "ts": 60, "dur": 1},
+              {"ph": "X", "name": "fusion.2", "ts": 60, "dur": 10},
+              {"ph": "X", "name": "end: fusion.2", "ts": 95, "dur": 1}]
+    got = profile_step.attribute(events, {"dot.1": dot, "fusion.2": fusion})
+    assert got["per_thunk_us"] == {"dot.1": 60, "fusion.2": 10} and got["idle_us"] == 30
