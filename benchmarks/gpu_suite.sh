@@ -4,7 +4,7 @@
 # with the variants that say what each accelerator setting buys, as ratios measured in the same process.
 #   bash benchmarks/gpu_suite.sh [OUTDIR]     (default bench/gpu; `make gpu-suite`)
 # Variants that keep the parameters' shapes come first: they reuse the state (bench_gpu.py), the rest re-initialise. Every run is
-# also profiled (bench_gpu.py --trace-dir): its time by category in the JSON, the trace kept under OUTDIR/trace.
+# also profiled (bench_gpu.py --trace-dir): its time by category in the JSON, the traces kept in OUTDIR/trace.tar.
 # BUDGET_S caps the benchmark's variants (the ones not started by then are recorded as skipped); SMOKE=1: tiny shapes;
 # TESTS: the test files to run first (default: the GPU kernels' and the fused head's).
 set -u
@@ -27,3 +27,7 @@ python3 benchmarks/bench_gpu.py ${SMOKE:+--smoke} --out "$dir/gpu.json" --budget
   --variant model.attention_impl=xla \
   --variant model.attention_impl=pallas \
   --variant model.vocab_pad_multiple=0
+rc=$?
+# one file for the traces (trace/<run>/{trace.json.gz,hlo.txt.gz,meta.json}): `tar -xf` it where the JSON is read
+tar -C "$dir" -cf "$dir/trace.tar" trace && rm -rf "$dir/trace"
+exit $rc
