@@ -96,14 +96,17 @@ def _count_compile(event: str, seconds: float, **_) -> None:
 def initial_state(cfg, mesh):
     """(state, shardings, reused): the previous run's state under this config where its shapes fit, else a new one."""
     abstract = train.abstract_state(cfg)
-    shapes = jax.tree.map(lambda x: (x.shape, x.dtype), (abstract.params, abstract.opt_state))
     shardings = train.state_shardings(abstract, mesh)
-    if _previous and _previous["shapes"] == shapes:
+    if _previous and _previous["shapes"] == _shapes(abstract):
         state = _previous.pop("state").replace(graphdef=abstract.graphdef, tx=abstract.tx, cfg=cfg)
         return jax.device_put(state, shardings), shardings, True
     _previous.clear()
     state, shardings = train.init_train_state(cfg, mesh)
-    return state, shardings, False
+    return train.unwrapped(state, shardings), shardings, False  # as the training loop carries it
+
+
+def _shapes(state) -> list:
+    return [(x.shape, x.dtype) for x in jax.tree.leaves((state.params, state.opt_state))]
 
 
 def run(args, overrides: dict | None = None, roofline_tflops: float | None = None) -> dict:
@@ -125,27 +128,30 @@ def run(args, overrides: dict | None = None, roofline_tflops: float | None = Non
     compiled = train.compile_train_step(shardings, mesh).lower(state, batches[0], key).compile()
     compile_s = time.perf_counter() - t0
     memory = compiled.memory_analysis()
-    last = {}
+    last, dispatch = {}, []
 
     def step(state, batch):
+        t_call = time.perf_counter()
         state, last["m"] = compiled(state, batch, key)
+        dispatch.append(time.perf_counter() - t_call)  # the host's part: until the call returns
         return state
 
     def sync(state):
         jax.block_until_ready((state, last["m"]))
 
     _, state = timing.time_steps(step, state, batches, args.warmup, float("inf"), sync)
+    dispatch.clear()
     times, state = timing.time_steps(step, state, batches, args.steps, float("inf"), sync, args.sync_every)
+    dispatch_ms = round(1e3 * float(np.median(dispatch)), 3)
     # the same steps each waited for: the host's dispatch time that a loop which syncs every step adds
     synced, state = timing.time_steps(step, state, batches, min(args.steps, 5), float("inf"), sync)
     profile = None
     if args.trace_dir:
         profile, state = trace(args, overrides, lambda s: step(s, batches[0]), state, sync, compiled.as_text(),
                                cfg.model.padded_vocab_size)
-    _previous.update(shapes=jax.tree.map(lambda x: (x.shape, x.dtype), (state.params, state.opt_state)),
-                     state=state)
+    _previous.update(shapes=_shapes(state), state=state)
     stats = {**timing.step_stats(times, b * t), "steps_timed": args.steps, "windows_timed": len(times),
-             "sync_every": args.sync_every,
+             "sync_every": args.sync_every, "dispatch_ms_median": dispatch_ms,
              "step_ms_synced_each_median": round(1e3 * float(np.median(synced)), 2)}
     flops = count(cfg)["training_flops_per_token"]["executed"]
     device = jax.devices()[0]

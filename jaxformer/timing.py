@@ -216,6 +216,7 @@ def cell_inputs(spec: dict, n_batches: int):
                                overrides=spec.get("overrides")), n_devices=1)
     mesh = parallel.make_mesh(cfg.mesh, jax.devices()[:1])
     state, shardings = train.init_train_state(cfg, mesh)
+    state = train.unwrapped(state, shardings)  # as the training loop carries it
     rng = np.random.default_rng(0)
     sharding = parallel.batch_sharding(mesh, ndim=1)
     batches = [{"tokens": jax.device_put(rng.integers(N_SPECIAL, cfg.model.vocab_size, (b, t + 1), dtype=np.int32),

@@ -185,7 +185,8 @@ def fit(run: Run, *, batch_at: Callable[[int], dict], evaluate_state: Callable[[
     tokens_at = tokens_at or (lambda step: cfg.train.batch_size * cfg.train.seq_len)
     summarize = functools.partial(metrics_lib.summarize, char_level=run.tokenizer.char_level,
                                   token_level=run.objective.token_level)
-    state, window, last, previous = run.state, [], {}, None
+    # the loop carries the state unwrapped (train.unwrapped: cheaper to dispatch) and wraps it where it leaves
+    state, window, last, previous = train.unwrapped(run.state, run.shardings), [], {}, None
     bar = tqdm(total=total, initial=start, desc=f"train {cfg.objective.kind}", disable=not (show_progress and is_main),
                dynamic_ncols=True)
     t_window, n_timed, n_tokens_timed = time.perf_counter(), 0, 0
@@ -214,7 +215,8 @@ def fit(run: Run, *, batch_at: Callable[[int], dict], evaluate_state: Callable[[
                     if n_timed:
                         last["tokens_per_s"] = n_tokens_timed / max(elapsed, 1e-9)
                     if is_eval or done == total:
-                        last.update({f"valid_{k}": v for k, v in evaluate_state(state).items()})
+                        last.update({f"valid_{k}": v for k, v in
+                                     evaluate_state(train.wrapped(state, run.state)).items()})
                         early_stopped = stop_when is not None and done < total and stop_when(done, last)
                         stopping = stopping or early_stopped
                     writer.write(done, last)
@@ -224,7 +226,7 @@ def fit(run: Run, *, batch_at: Callable[[int], dict], evaluate_state: Callable[[
                 bar.update(1)
                 if done % cfg.train.checkpoint_every == 0 or done == total or stopping:
                     check_finite(done, metrics)  # never save past a step that should have stopped the run
-                    ckpt.save(state)
+                    ckpt.save(train.wrapped(state, run.state))
                 if stopping:
                     stopped_early = done < total and not early_stopped
                     if stop.requested:
@@ -236,6 +238,6 @@ def fit(run: Run, *, batch_at: Callable[[int], dict], evaluate_state: Callable[[
         bar.close()
         writer.close()
         ckpt.close()
-    run.state = state
+    run.state = state = train.wrapped(state, run.state)
     return {"step": int(jax.device_get(state.step)), **last, "preempted": stopped_early,
             "early_stopped": early_stopped, "run": run}

@@ -121,3 +121,58 @@ def test_rules_table_shards_what_divides_and_replicates_the_rest():
     assert parallel.logical_to_spec(("vocab", "embed"), (65, 32), mesh) == jax.sharding.PartitionSpec(None, "fsdp")
     # a mesh axis is used once per array
     assert parallel.logical_to_spec(("mlp", "heads"), (8, 8), mesh) == jax.sharding.PartitionSpec("tensor", None)
+
+
+def test_the_loop_carries_the_state_unwrapped_and_wraps_it_back():
+    """train.unwrapped: the state's arrays without their nnx Variables (what trainer.fit passes through the jitted
+    step), the same step results, still unwrapped after a step, and train.wrapped restores the Variables."""
+    from flax import nnx
+
+    def variables(tree):
+        return [x for x in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+                if isinstance(x, nnx.Variable)]
+
+    cfg = make_cfg("clm")
+    mesh = parallel.make_mesh(cfg.mesh, jax.devices()[:1])
+    state, shardings = train.init_train_state(cfg, mesh)
+    like = jax.tree.map(lambda x: x, state)  # the structure to wrap back into (the step donates the arrays)
+    assert len(variables(state)) > 0
+    plain = train.unwrapped(state, shardings)
+    assert variables(plain) == [] and len(jax.tree.leaves(plain)) == len(jax.tree.leaves(state))
+    step = train.compile_train_step(shardings, mesh)
+    batch = jax.device_put(fixed_batch(cfg), parallel.batch_sharding(mesh))
+    expected_state, expected = step(jax.tree.map(jnp.copy, state), batch, jax.random.key(0))
+    got_state, got = step(plain, batch, jax.random.key(0))
+    assert float(got["loss"]) == float(expected["loss"]) and float(got["grad_norm"]) == float(expected["grad_norm"])
+    assert variables(got_state) == []  # the output keeps the input's (unwrapped) structure
+    back = train.wrapped(got_state, like)
+    assert jax.tree.structure(back) == jax.tree.structure(expected_state)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(expected_state), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_the_training_loop_dispatches_the_unwrapped_state(tmp_path, monkeypatch):
+    """trainer.fit passes every step the unwrapped state, and hands the run back wrapped (nnx Variables)."""
+    from flax import nnx
+
+    from jaxformer import trainer
+
+    def n_variables(tree):
+        return sum(isinstance(x, nnx.Variable) for x in jax.tree.leaves(
+            tree, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+
+    seen, real = [], train.compile_train_step
+
+    def spy(shardings, mesh):
+        step = real(shardings, mesh)
+
+        def call(state, batch, key):
+            seen.append(n_variables(state))
+            return step(state, batch, key)
+        return call
+
+    monkeypatch.setattr(train, "compile_train_step", spy)
+    cfg = tiny_config("clm", "train.log_every=1", "train.eval_every=0", "train.steps=2", "train.checkpoint_every=2",
+                      "mesh.data=1", "mesh.fsdp=1", "mesh.tensor=8", resolved=False)
+    out = trainer.train_loop(cfg, tmp_path / "run", show_progress=False)
+    assert out["step"] == 2 and seen == [0, 0] and n_variables(out["run"].state) > 0
