@@ -69,6 +69,7 @@ bench:  ## benchmarks, writing JSON under bench/
 	$(PY) benchmarks/bench_input.py --out bench/input.json
 	$(PY) benchmarks/bench_decode.py --out bench/decode.json
 	$(PY) benchmarks/bench_train.py --out bench/results.json
+	$(PY) benchmarks/bench_dispatch.py --out bench/dispatch.json
 
 bench-gpu:  ## GPT-2 small in bf16 on the accelerator it finds: tokens/s and MFU against its published peak
 	$(PY) benchmarks/bench_gpu.py --out bench/gpu.json

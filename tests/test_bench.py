@@ -246,3 +246,21 @@ def test_steps_are_timed_in_windows_synced_once_each():
     assert state == 5 and seen == ["a", "b", "a", "b", "a"] and synced == [2, 4, 5] and len(times) == 3
     times, _ = timing.time_steps(step, 0, ["a"], 3, float("inf"), synced.append)  # default: every step synced
     assert len(times) == 3 and synced[-3:] == [1, 2, 3]
+
+
+def test_dispatch_benchmark_compares_the_two_state_forms(tmp_path):
+    """benchmarks/bench_dispatch.py at a small size: both state forms timed in alternating rounds, their ratio from
+    the per-round medians, the preset's leaf count; bad sizes are one sentence."""
+    spec = importlib.util.spec_from_file_location("bench_dispatch", REPO / "benchmarks" / "bench_dispatch.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "dispatch.json"
+    assert bench.main(["--preset", "decoder-tiny", "--rounds", "2", "--calls", "3", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    rounds = data["dispatch_ms_per_round"]
+    assert set(rounds) == {"wrapped", "unwrapped"} and all(len(v) == 2 and min(v) > 0 for v in rounds.values())
+    median = {k: sorted(v)[0] / 2 + sorted(v)[1] / 2 for k, v in rounds.items()}
+    assert data["unwrapped_over_wrapped"] == pytest.approx(median["unwrapped"] / median["wrapped"], rel=0.01)
+    assert data["n_layer"] == 4 and data["state_leaves"] > 4 * 16  # AdamW's two moments too
+    assert bench.main(["--rounds", "0", "--out", str(tmp_path / "x.json")]) == 2
+    assert not (tmp_path / "x.json").exists()
