@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     timing.write_result(result, args.out)
     for name, values in result["dispatch_ms_per_round"].items():
-        print(f"{name:>9}: {statistics.median(values):.2f} ms per call (rounds: {', '.join(f'{v:.2f}' for v in values)})")
+        rounds = ", ".join(f"{v:.2f}" for v in values)
+        print(f"{name:>9}: {statistics.median(values):.2f} ms per call (rounds: {rounds})")
     print(f"unwrapped / wrapped: {result['unwrapped_over_wrapped']} ({result['state_leaves']} leaves); "
           f"wrote {args.out}")
     return 0

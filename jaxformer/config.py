@@ -360,18 +360,7 @@ def resolve(cfg: Config, *, vocab_size: int | None = None, n_devices: int | None
     m = cfg.model
     if vocab_size is not None and m.vocab_size == 0:
         m = replace(m, vocab_size=vocab_size)
-    if m.dtype == "auto":
-        import jax
-
-        m = replace(m, dtype="bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32")
-    if -1 in (m.xent_chunk, m.vocab_pad_multiple):
-        import jax
-
-        accelerator = jax.default_backend() in ("gpu", "tpu")
-        if m.xent_chunk == -1:
-            m = replace(m, xent_chunk=ACCELERATOR_XENT_CHUNK if accelerator else 0)
-        if m.vocab_pad_multiple == -1:
-            m = replace(m, vocab_pad_multiple=ACCELERATOR_VOCAB_PAD if accelerator else 0)
+    m = _backend_defaults(m)
     m = replace(m,
                 n_kv_heads=m.n_kv_heads or m.n_heads,
                 head_dim=m.head_dim or (m.d_model // m.n_heads if m.n_heads and m.d_model % m.n_heads == 0 else 0),
@@ -389,6 +378,23 @@ def resolve(cfg: Config, *, vocab_size: int | None = None, n_devices: int | None
     cfg = replace(cfg, model=m, objective=o, data=data, mesh=mesh)
     validate(cfg, n_devices=n_devices)
     return cfg
+
+
+def _backend_defaults(m: ModelConfig) -> ModelConfig:
+    """The auto values (`dtype` "auto", `xent_chunk` and `vocab_pad_multiple` -1) for this process's backend: bf16
+    compute, the fused head and padded vocabulary tables on GPUs and TPUs; fp32, whole logits, no padding on CPUs."""
+    if m.dtype != "auto" and -1 not in (m.xent_chunk, m.vocab_pad_multiple):
+        return m
+    import jax
+
+    accelerator = jax.default_backend() in ("gpu", "tpu")
+
+    def auto(value, unset, on_accelerator, on_cpu):
+        return (on_accelerator if accelerator else on_cpu) if value == unset else value
+
+    return replace(m, dtype=auto(m.dtype, "auto", "bfloat16", "float32"),
+                   xent_chunk=auto(m.xent_chunk, -1, ACCELERATOR_XENT_CHUNK, 0),
+                   vocab_pad_multiple=auto(m.vocab_pad_multiple, -1, ACCELERATOR_VOCAB_PAD, 0))
 
 
 def _check(ok: bool, message: str) -> None:
