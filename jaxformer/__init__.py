@@ -17,3 +17,9 @@ Shape suffixes. An array's name ends in its shape, one capital per axis joined b
 """
 
 __version__ = "0.1.0"
+
+# Before anything can start XLA's CPU threads: keep a step's freed scratch memory mapped for the next step
+# (jaxformer/host_memory.py; JAXFORMER_HOST_MALLOC=system keeps glibc's defaults).
+from jaxformer import host_memory as _host_memory  # noqa: E402
+
+_host_memory.apply_policy()

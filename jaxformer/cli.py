@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 
+from jaxformer import host_memory
 from jaxformer.errors import EXIT_PREEMPTED, JaxformerError, UserError
 
 DEFAULT_PRESET = "decoder-tiny"
@@ -486,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("absl").setLevel(logging.ERROR)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
+        if host_memory.invalid:
+            raise UserError(host_memory.invalid)
         if args.command in ("train", "distill", "finetune", "sft", "eval"):
             from jaxformer import distributed
 

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from jaxformer import host_memory
 from jaxformer.errors import UserError
 
 CONFIGS = {"S": {"n_layer": 4, "d_model": 256, "n_heads": 4},
@@ -294,7 +295,8 @@ def child_result(spec: dict, measure: Callable[[dict], dict]) -> str:
     result = measure(spec)
     out = {"impl": spec["impl"], "objective": spec["objective"], "config": spec["config"], **result,
            "batch_size": spec["batch_size"], "seq_len": spec["seq_len"], "vocab": spec["vocab"],
-           "warmup_steps": spec["warmup"], "loadavg_before": load_before, "loadavg_after": loadavg()}
+           "warmup_steps": spec["warmup"], "host_malloc": host_memory.policy_in_effect(),
+           "loadavg_before": load_before, "loadavg_after": loadavg()}
     return RESULT_TAG + json.dumps(out)
 
 
@@ -392,6 +394,7 @@ def machine_info(packages: tuple[str, ...] = ("jax", "jaxlib", "flax", "optax", 
             versions[name] = None
     info["versions"] = versions
     info["xla_flags"] = os.environ.get("XLA_FLAGS", "")
+    info["host_malloc"] = host_memory.policy_in_effect()
     return info
 
 
