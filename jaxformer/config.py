@@ -61,6 +61,10 @@ class ModelConfig:
     # Attention kernel: auto | xla | cudnn | pallas (jaxformer/model/attention_kernels.py). auto: cuDNN flash on
     # GPUs in half precision, Pallas flash on TPUs, XLA otherwise. Same function, so runs may switch on resume.
     attention_impl: str = "auto"
+    # Gradients of weights (and attention's dK, dV): auto | xla | rowmajor (jaxformer/model/dot_grads.py). auto:
+    # rowmajor on CPUs (the smaller factor transposed first, so the product is a matmul YNNPACK takes), xla
+    # elsewhere. Same gradients, so runs may switch on resume.
+    dot_grads: str = "auto"
     # Fused vocabulary head + cross-entropy over this many predicted slots at a time (0: whole logits); the full
     # fp32 logits are never materialised (jaxformer/objectives/xent.py). Same loss, so runs may switch on resume.
     # -1 (auto, resolved when a run is made): 8192 on GPUs and TPUs (GPT-2 small on an H200: 1.02x the tokens/s,
@@ -404,7 +408,7 @@ def _check(ok: bool, message: str) -> None:
 
 def validate(cfg: Config, n_devices: int | None = None) -> None:
     from jaxformer.data.tokenizers import SpecialIds
-    from jaxformer.model import attention_kernels  # the model imports this module's types
+    from jaxformer.model import attention_kernels, dot_grads  # the model imports this module's types
     from jaxformer.objectives import OBJECTIVES
 
     m, o, d, t, opt, mesh = cfg.model, cfg.objective, cfg.data, cfg.train, cfg.optimizer, cfg.mesh
@@ -414,6 +418,7 @@ def validate(cfg: Config, n_devices: int | None = None) -> None:
                "model.dtype": (m.dtype, ("auto", "float32", "bfloat16")),
                "model.param_dtype": (m.param_dtype, ("float32", "bfloat16")),
                "model.attention_impl": (m.attention_impl, attention_kernels.IMPLS),
+               "model.dot_grads": (m.dot_grads, dot_grads.IMPLS),
                "objective.kind": (o.kind, tuple(OBJECTIVES)),
                "data.tokenizer": (d.tokenizer, ("char", "byte", "bpe", "unigram", "word", "hf")),
                "train.on_nonfinite": (t.on_nonfinite, ("stop", "skip")),

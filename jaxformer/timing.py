@@ -281,7 +281,7 @@ def time_train_step(spec: dict) -> dict:
         "model_config": {k: getattr(cfg.model, k) for k in ("n_layer", "d_model", "n_heads", "vocab_size",
                                                             "post_norm", "embed_norm", "gelu_approximate",
                                                             "positions", "tie_embeddings", "dtype",
-                                                            "attention_impl")},
+                                                            "attention_impl", "dot_grads")},
         "overrides": spec.get("overrides", {}),
         "devices": [str(d) for d in mesh.devices.flat],
     }, model_flops(cfg))

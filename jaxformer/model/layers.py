@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxformer.config import ModelConfig
+from jaxformer.model import dot_grads
 
 
 def dtypes(cfg: ModelConfig) -> tuple[jnp.dtype, jnp.dtype]:
@@ -48,14 +49,14 @@ class Linear(nnx.Module):
                  rngs: nnx.Rngs, bias_shape: tuple[int, ...] = (), bias_axes: tuple[str | None, ...] = (),
                  std: float | None = None):
         param_dtype, self.dtype = dtypes(cfg)
-        self.eq = eq
+        self.eq, self.dot_grads = eq, cfg.dot_grads
         init = jax.nn.initializers.normal(cfg.init_std if std is None else std)
         self.kernel = nnx.Param(init(rngs.params(), shape, param_dtype), axes=axes)
         self.bias = nnx.Param(jnp.zeros(bias_shape, param_dtype), axes=bias_axes) if cfg.bias and bias_shape \
             else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.einsum(self.eq, x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        y = dot_grads.einsum(self.eq, x.astype(self.dtype), self.kernel[...].astype(self.dtype), impl=self.dot_grads)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y

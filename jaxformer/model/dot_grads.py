@@ -1,0 +1,86 @@
+"""How the backward pass computes a projection's weight gradient: `model.dot_grads`.
+
+A projection `y = einsum("btd,df->btf", x, w)` has the weight gradient dw = sum over b, t of x[b,t,:] g[b,t,:]:
+a product that contracts the *leading* (row) axes of both factors. XLA:CPU's fast matmuls (YNNPACK fusions)
+take a left factor only with its contracted axes minor-most, so XLA hands such products to plain Eigen dots,
+after copying one factor into a transposed layout it picks itself (often the larger one).
+
+- `xla`: autodiff's contraction as XLA arranges it.
+- `rowmajor`: the smaller factor is transposed in memory first (its contracted axes made minor-most), so the
+  gradient is a row-major matmul. An optimisation barrier keeps XLA from folding the transpose back into the
+  dot. On a 2-core CPU (fp32, B 16, T 256, d 384) an MLP's forward + backward ran 1.8x faster, and whole train
+  steps 1.05-1.08x (CLM and MLM, S and M).
+- `auto` (default): `rowmajor` on CPUs, `xla` elsewhere (cuBLAS and the TPU take either layout as it is).
+
+The forward product and the input gradient are the plain einsums either way: both already contract the minor
+axes of their left factor. The same treatment of attention's dK and dV (`blocked` kernel, batched over heads)
+was measured 0.86x (bidirectional) and 0.99x (causal) on that CPU: the copies cost more than the matmuls gain
+at [T, H] = [256, 64], so attention keeps XLA's arrangement.
+"""
+
+from __future__ import annotations
+
+import functools
+import string
+
+import jax
+import jax.numpy as jnp
+
+IMPLS = ("auto", "xla", "rowmajor")
+
+
+def resolve(impl: str, backend: str | None = None) -> str:
+    """`auto` -> `rowmajor` on a CPU, `xla` elsewhere; other values unchanged."""
+    if impl != "auto":
+        return impl
+    return "rowmajor" if (backend or jax.default_backend()) == "cpu" else "xla"
+
+
+def einsum(eq: str, x: jax.Array, w: jax.Array, *, impl: str, preferred_element_type=None) -> jax.Array:
+    """`jnp.einsum(eq, x, w)`, its gradient with respect to `w` computed by `impl` (resolved here)."""
+    if resolve(impl) == "xla":
+        return jnp.einsum(eq, x, w, preferred_element_type=preferred_element_type)
+    return _rowmajor_einsum(_explicit(eq, x.ndim), preferred_element_type, x, w)
+
+
+def _explicit(eq: str, x_ndim: int) -> str:
+    """`...` in `eq` spelled out with letters the equation does not use."""
+    if "..." not in eq:
+        return eq
+    spare = [c for c in string.ascii_letters if c not in eq]
+    x_spec = eq.split(",")[0]
+    return eq.replace("...", "".join(spare[:x_ndim - (len(x_spec) - 3)]))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _rowmajor_einsum(eq, out_dtype, x, w):
+    return jnp.einsum(eq, x, w, preferred_element_type=out_dtype)
+
+
+def _forward(eq, out_dtype, x, w):
+    return jnp.einsum(eq, x, w, preferred_element_type=out_dtype), (x, w)
+
+
+def _backward(eq, out_dtype, residuals, g):
+    x, w = residuals
+    (x_spec, w_spec), y_spec = eq.split("->")[0].split(","), eq.split("->")[1]
+    batch = "".join(c for c in x_spec if c in w_spec and c in y_spec)  # attention's (b, g); none in a projection
+    rows = "".join(c for c in x_spec if c not in w_spec)  # summed over for dw: b, t (a projection), query rows
+    inner = "".join(c for c in x_spec if c in w_spec and c not in y_spec)  # x's contracted axes
+    outer = "".join(c for c in w_spec if c not in x_spec)  # w's axes that reach y
+    dx = jnp.einsum(f"{y_spec},{w_spec}->{x_spec}", g, w).astype(x.dtype)
+    barrier = jax.lax.optimization_barrier
+    if x.size <= g.size:  # x^T (rows minor-most) @ g
+        x_t = barrier(jnp.einsum(f"{x_spec}->{batch}{inner}{rows}", x))
+        dw, dw_spec = jnp.einsum(f"{batch}{inner}{rows},{y_spec}->{batch}{inner}{outer}", x_t, g), \
+            f"{batch}{inner}{outer}"
+    else:  # (g^T @ x), then the small result transposed
+        g_t = barrier(jnp.einsum(f"{y_spec}->{batch}{outer}{rows}", g))
+        dw, dw_spec = jnp.einsum(f"{batch}{outer}{rows},{x_spec}->{batch}{outer}{inner}", g_t, x), \
+            f"{batch}{outer}{inner}"
+    if dw_spec != w_spec:  # a barrier, or XLA folds this transpose into the product and swaps its factors back
+        dw = jnp.einsum(f"{dw_spec}->{w_spec}", barrier(dw))
+    return dx, dw.astype(w.dtype)
+
+
+_rowmajor_einsum.defvjp(_forward, _backward)
