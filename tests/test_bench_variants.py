@@ -45,3 +45,38 @@ def test_variant_ratio_is_over_the_same_cells_baseline():
 def test_a_bad_variant_is_one_sentence_before_any_cell_runs(text, match):
     with pytest.raises(UserError, match=match):
         timing.check_sizes(_args("--variant", text))
+
+
+def _ab_step():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ab_step.py"
+    spec = importlib.util.spec_from_file_location("ab_step", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("variant,same_math", [("model.dot_grads=xla", True), ("optimizer.lr=0.05", False)])
+def test_ab_step_alternates_both_programs_in_one_process(tmp_path, variant, same_math):
+    """benchmarks/ab_step.py at smoke size: one ratio per pair; a variant that does not change the math ends on
+    the baseline's loss (both programs ran on the same states and batches), one that does (a 50x learning rate)
+    does not (the variant really was compiled with its setting)."""
+    import json
+
+    out = tmp_path / "ab.json"
+    assert _ab_step().main(["--variant", variant, "--configs", "S", "--objectives", "clm", "--pairs", "3",
+                            "--batch-size", "2", "--seq-len", "16", "--vocab", "64", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    (cell,) = result["cells"]
+    assert result["variant"] == variant and cell["overrides"] == dict([variant.split("=")])
+    assert cell["pairs"] == 3 and 0 < cell["ratio_q1"] <= cell["ratio_median"] <= cell["ratio_q3"]
+    assert cell["baseline_step_ms_median"] > 0 and cell["variant_step_ms_median"] > 0
+    same = cell["variant_loss_last"] == pytest.approx(cell["baseline_loss_last"], rel=1e-5)
+    assert same == same_math, (cell["baseline_loss_last"], cell["variant_loss_last"])
+
+
+def test_ab_step_refuses_a_bad_variant_in_one_sentence(capsys):
+    assert _ab_step().main(["--variant", "model.dot_grad=xla"]) == 2
+    assert "did you mean" in capsys.readouterr().err
