@@ -71,6 +71,9 @@ bench:  ## benchmarks, writing JSON under bench/
 	$(PY) benchmarks/bench_train.py --out bench/results.json
 	$(PY) benchmarks/bench_dispatch.py --out bench/dispatch.json
 
+ab-step:  ## one config change's speed, baseline and variant steps alternated in one process (VARIANT=key=value)
+	$(PY) benchmarks/ab_step.py --variant "$(VARIANT)" --out bench/ab_step.json
+
 bench-gpu:  ## GPT-2 small in bf16 on the accelerator it finds: tokens/s and MFU against its published peak
 	$(PY) benchmarks/bench_gpu.py --out bench/gpu.json
 

@@ -14,14 +14,17 @@ from jaxformer.errors import UserError
 from jaxformer.model import build_model, dot_grads
 from tests.tiny import tiny_config
 
-# (equation, x shape, w shape): the model's projections (Q/K/V, output, MLP up/down, the heads' `...`), both
-# branches (x smaller than the output gradient, and larger), and a batched contraction (attention-shaped).
+# (equation, x shape, w shape): the model's projections (Q/K/V, output, MLP up/down, the heads' `...`, the MoE
+# experts' with the expert axis as a batch axis), both branches (x smaller than the output gradient, and larger),
+# and a batched contraction with its batch axes leading (attention-shaped).
 CASES = [("btd,dnh->btnh", (2, 5, 8), (8, 3, 4)),
          ("btnh,nhd->btd", (2, 5, 3, 4), (3, 4, 8)),
          ("btd,df->btf", (2, 5, 8), (8, 24)),
          ("btf,fd->btd", (2, 5, 24), (24, 8)),
          ("...d,de->...e", (7, 8), (8, 6)),
          ("...d,de->...e", (2, 3, 8), (8, 6)),
+         ("becd,edf->becf", (2, 3, 5, 8), (3, 8, 24)),
+         ("becf,efd->becd", (2, 3, 5, 24), (3, 24, 8)),
          ("bgmh,bgsh->bgms", (2, 3, 5, 4), (2, 3, 6, 4))]
 
 

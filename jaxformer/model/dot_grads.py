@@ -1,4 +1,5 @@
-"""How the backward pass computes a projection's weight gradient: `model.dot_grads`.
+"""How the backward pass computes a projection's weight gradient: `model.dot_grads` (every `Linear`, and the
+MoE experts' matrices).
 
 A projection `y = einsum("btd,df->btf", x, w)` has the weight gradient dw = sum over b, t of x[b,t,:] g[b,t,:]:
 a product that contracts the *leading* (row) axes of both factors. XLA:CPU's fast matmuls (YNNPACK fusions)
@@ -8,8 +9,9 @@ after copying one factor into a transposed layout it picks itself (often the lar
 - `xla`: autodiff's contraction as XLA arranges it.
 - `rowmajor`: the smaller factor is transposed in memory first (its contracted axes made minor-most), so the
   gradient is a row-major matmul. An optimisation barrier keeps XLA from folding the transpose back into the
-  dot. On a 2-core CPU (fp32, B 16, T 256, d 384) an MLP's forward + backward ran 1.8x faster, and whole train
-  steps 1.05-1.08x (CLM and MLM, S and M).
+  dot. On a 2-core CPU (fp32, B 16, T 256, d 384) an MLP's forward + backward ran 1.8x faster, an MoE layer's
+  (8 experts, top-2) 1.07x, and whole train steps 1.03-1.09x (CLM and MLM, S and M: benchmarks/ab_step.py
+  --variant model.dot_grads=xla, results/bench/ab-dot-grads.json).
 - `auto` (default): `rowmajor` on CPUs, `xla` elsewhere (cuBLAS and the TPU take either layout as it is).
 
 The forward product and the input gradient are the plain einsums either way: both already contract the minor

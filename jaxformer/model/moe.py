@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxformer.config import ModelConfig
+from jaxformer.model import dot_grads
 from jaxformer.model.layers import activation, dtypes, mlp_hidden, residual_std
 
 
@@ -56,13 +57,14 @@ class MoE(nnx.Module):
         dispatch_BxTxExC = dispatch_BxKxTxExC.sum(1).astype(self.dtype)
 
         x_in_BxExCxD = jnp.einsum("btec,btd->becd", dispatch_BxTxExC, x_BxTxD.astype(self.dtype))
-        h_BxExCxF = jnp.einsum("becd,edf->becf", x_in_BxExCxD, self.up[...].astype(self.dtype))
+        grads = cfg.dot_grads
+        h_BxExCxF = dot_grads.einsum("becd,edf->becf", x_in_BxExCxD, self.up[...].astype(self.dtype), impl=grads)
         if self.gate is not None:
-            gate = jnp.einsum("becd,edf->becf", x_in_BxExCxD, self.gate[...].astype(self.dtype))
+            gate = dot_grads.einsum("becd,edf->becf", x_in_BxExCxD, self.gate[...].astype(self.dtype), impl=grads)
             h_BxExCxF = self.act(gate) * h_BxExCxF
         else:
             h_BxExCxF = self.act(h_BxExCxF)
-        y_BxExCxD = jnp.einsum("becf,efd->becd", h_BxExCxF, self.down[...].astype(self.dtype))
+        y_BxExCxD = dot_grads.einsum("becf,efd->becd", h_BxExCxF, self.down[...].astype(self.dtype), impl=grads)
         y_BxTxD = jnp.einsum("btec,becd->btd", combine_BxTxExC.astype(self.dtype), y_BxExCxD)
 
         # Switch Transformer load balancing: E * sum_e (fraction of routed choices to e) * (mean router prob of e).
