@@ -61,9 +61,9 @@ class ModelConfig:
     # Attention kernel: auto | xla | cudnn | pallas (jaxformer/model/attention_kernels.py). auto: cuDNN flash on
     # GPUs in half precision, Pallas flash on TPUs, XLA otherwise. Same function, so runs may switch on resume.
     attention_impl: str = "auto"
-    # Gradients of weights (and attention's dK, dV): auto | xla | rowmajor (jaxformer/model/dot_grads.py). auto:
-    # rowmajor on CPUs (the smaller factor transposed first, so the product is a matmul YNNPACK takes), xla
-    # elsewhere. Same gradients, so runs may switch on resume.
+    # How weight gradients (every projection, the MoE experts) are computed: auto | xla | rowmajor
+    # (jaxformer/model/dot_grads.py). auto: rowmajor on CPUs (the smaller factor transposed first, so the product
+    # is a matmul YNNPACK takes), xla elsewhere. Same gradients, so runs may switch on resume.
     dot_grads: str = "auto"
     # Fused vocabulary head + cross-entropy over this many predicted slots at a time (0: whole logits); the full
     # fp32 logits are never materialised (jaxformer/objectives/xent.py). Same loss, so runs may switch on resume.
