@@ -61,7 +61,7 @@ class ModelConfig:
     # Attention kernel: auto | xla | cudnn | pallas (jaxformer/model/attention_kernels.py). auto: cuDNN flash on
     # GPUs in half precision, Pallas flash on TPUs, XLA otherwise. Same function, so runs may switch on resume.
     attention_impl: str = "auto"
-    # How weight gradients (every projection, the MoE experts) are computed: auto | xla | rowmajor
+    # How weight gradients (every projection, the MoE experts, the vocabulary head) are computed: auto | xla | rowmajor
     # (jaxformer/model/dot_grads.py). auto: rowmajor on CPUs (the smaller factor transposed first, so the product
     # is a matmul YNNPACK takes), xla elsewhere. Same gradients, so runs may switch on resume.
     dot_grads: str = "auto"

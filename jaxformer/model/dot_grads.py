@@ -1,5 +1,5 @@
-"""How the backward pass computes a projection's weight gradient: `model.dot_grads` (every `Linear`, and the
-MoE experts' matrices).
+"""How the backward pass computes a projection's weight gradient: `model.dot_grads` (every `Linear`, the MoE
+experts' matrices, and the vocabulary projection, tied or not).
 
 A projection `y = einsum("btd,df->btf", x, w)` has the weight gradient dw = sum over b, t of x[b,t,:] g[b,t,:]:
 a product that contracts the *leading* (row) axes of both factors. XLA:CPU's fast matmuls (YNNPACK fusions)

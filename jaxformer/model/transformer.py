@@ -13,6 +13,7 @@ from flax import nnx
 
 from jaxformer import objectives
 from jaxformer.config import Config, ModelConfig
+from jaxformer.model import dot_grads
 from jaxformer.model.attention import Attention, KVCache, init_cache
 from jaxformer.model.layers import MLP, Linear, Norm, activation, dropout, dtypes
 from jaxformer.model.moe import MoE
@@ -204,7 +205,8 @@ class Transformer(nnx.Module):
         metric, sampler or export ever sees a padded column (the fused head of objectives/xent.py cuts the same
         way)."""
         table, axes = self.vocab_table()
-        logits_xU = jnp.einsum(f"...e,{axes}->...v", h_xE.astype(self.dtype), table.astype(self.dtype))
+        logits_xU = dot_grads.einsum(f"...e,{axes}->...v", h_xE.astype(self.dtype), table.astype(self.dtype),
+                                     impl=self.cfg.dot_grads)
         if bias_U is not None:
             logits_xU = logits_xU + bias_U.astype(self.dtype)
         v = self.cfg.vocab_size
