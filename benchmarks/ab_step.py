@@ -46,7 +46,8 @@ def time_pairs(spec: dict, overrides: dict, pairs: int) -> dict:
         return time.perf_counter() - t0, float(metrics["loss"])
 
     for i in range(2):
-        run("baseline", i), run("variant", i)
+        run("baseline", i)
+        run("variant", i)
     times = {"baseline": [], "variant": []}
     losses = {}
     for i in range(pairs):
@@ -76,13 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.pairs < 1:
             raise UserError(f"--pairs must be positive, got {args.pairs}.")
-        args.variant, overrides = [args.variant], timing.parse_variant(args.variant)
-        timing.check_sizes(args)
+        overrides = timing.parse_variant(args.variant)
+        timing.check_sizes(argparse.Namespace(**{**vars(args), "variant": [args.variant]}))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     started, cells = time.time(), []
-    result = {"benchmark": "ab_step", "variant": args.variant[0], "machine": timing.machine_info(),
+    result = {"benchmark": "ab_step", "variant": args.variant, "machine": timing.machine_info(),
               "loadavg_start": timing.loadavg(), "batch_size": args.batch_size, "seq_len": args.seq_len,
               "vocab": args.vocab, "cells": cells}
     for config in args.configs:
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                     "seq_len": args.seq_len, "vocab": args.vocab}
             cell = time_pairs(spec, overrides, args.pairs)
             cells.append(cell)
-            print(f"{objective} {config}: [{args.variant[0]}] tokens/s x{cell['ratio_median']} the baseline "
+            print(f"{objective} {config}: [{args.variant}] tokens/s x{cell['ratio_median']} the baseline "
                   f"(quartiles {cell['ratio_q1']}-{cell['ratio_q3']}, {args.pairs} pairs; steps "
                   f"{cell['baseline_step_ms_median']} -> {cell['variant_step_ms_median']} ms; last loss "
                   f"{cell['baseline_loss_last']:.5f} / {cell['variant_loss_last']:.5f})", flush=True)

@@ -58,6 +58,12 @@ def test_half_precision_inputs_keep_their_dtypes_and_an_fp32_result():
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=2e-2, atol=2e-2)
 
 
+def _weight_grad_dots(compiled_text: str) -> int:
+    """Plain `dot` instructions without batch dimensions (weight gradients; attention's are batched)."""
+    entry = compiled_text[compiled_text.index("ENTRY"):]
+    return sum(" dot(" in line and "batch_dims" not in line for line in entry.splitlines())
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the layout question is XLA:CPU's")
 def test_rowmajor_leaves_no_plain_dot_in_an_mlp_backward_on_cpu():
     """The point of `rowmajor`: every product of an MLP's backward is a fused (YNNPACK) matmul; with `xla` the
@@ -71,9 +77,7 @@ def test_rowmajor_leaves_no_plain_dot_in_an_mlp_backward_on_cpu():
         def loss(x, w1, w2):
             h = jax.nn.gelu(dot_grads.einsum("btd,df->btf", x, w1, impl=impl))
             return jnp.sum(dot_grads.einsum("btf,fd->btd", h, w2, impl=impl) ** 2)
-        text = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, w1, w2).compile().as_text()
-        entry = text[text.index("ENTRY"):]
-        return sum(" dot(" in line for line in entry.splitlines())
+        return _weight_grad_dots(jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, w1, w2).compile().as_text())
 
     assert plain_dots("xla") >= 2
     assert plain_dots("rowmajor") == 0
@@ -86,12 +90,6 @@ def test_auto_is_rowmajor_only_on_cpu_and_bad_values_are_one_sentence():
     assert dot_grads.resolve("xla", backend="cpu") == "xla"
     with pytest.raises(UserError, match="model.dot_grads"):
         validate(tiny_config("clm", model=dict(dot_grads="fast"), resolved=False))
-
-
-def _weight_grad_dots(compiled_text: str) -> int:
-    """Plain `dot` instructions without batch dimensions (weight gradients; attention's are batched)."""
-    entry = compiled_text[compiled_text.index("ENTRY"):]
-    return sum(" dot(" in line and "batch_dims" not in line for line in entry.splitlines())
 
 
 @pytest.mark.parametrize("kind", ["clm", "mlm"])

@@ -22,7 +22,6 @@ at [T, H] = [256, 64], so attention keeps XLA's arrangement.
 
 from __future__ import annotations
 
-import functools
 import string
 
 import jax
@@ -41,7 +40,7 @@ def resolve(impl: str, backend: str | None = None) -> str:
 def einsum(eq: str, x: jax.Array, w: jax.Array, *, impl: str, preferred_element_type=None) -> jax.Array:
     """`jnp.einsum(eq, x, w)`, its gradient with respect to `w` computed by `impl` (resolved here)."""
     if resolve(impl) == "xla":
-        return jnp.einsum(eq, x, w, preferred_element_type=preferred_element_type)
+        return _product(eq, preferred_element_type, x, w)
     return _rowmajor_einsum(_explicit(eq, x.ndim), preferred_element_type, x, w)
 
 
@@ -54,32 +53,34 @@ def _explicit(eq: str, x_ndim: int) -> str:
     return eq.replace("...", "".join(spare[:x_ndim - (len(x_spec) - 3)]))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _rowmajor_einsum(eq, out_dtype, x, w):
+def _product(eq, out_dtype, x, w):
     return jnp.einsum(eq, x, w, preferred_element_type=out_dtype)
 
 
+_rowmajor_einsum = jax.custom_vjp(_product, nondiff_argnums=(0, 1))
+
+
 def _forward(eq, out_dtype, x, w):
-    return jnp.einsum(eq, x, w, preferred_element_type=out_dtype), (x, w)
+    return _product(eq, out_dtype, x, w), (x, w)
 
 
 def _backward(eq, out_dtype, residuals, g):
     x, w = residuals
     (x_spec, w_spec), y_spec = eq.split("->")[0].split(","), eq.split("->")[1]
-    batch = "".join(c for c in x_spec if c in w_spec and c in y_spec)  # attention's (b, g); none in a projection
-    rows = "".join(c for c in x_spec if c not in w_spec)  # summed over for dw: b, t (a projection), query rows
+    batch = "".join(c for c in x_spec if c in w_spec and c in y_spec)  # the MoE expert axis; none in a projection
+    rows = "".join(c for c in x_spec if c not in w_spec)  # summed over for dw: b, t (a projection)
     inner = "".join(c for c in x_spec if c in w_spec and c not in y_spec)  # x's contracted axes
     outer = "".join(c for c in w_spec if c not in x_spec)  # w's axes that reach y
     dx = jnp.einsum(f"{y_spec},{w_spec}->{x_spec}", g, w).astype(x.dtype)
     barrier = jax.lax.optimization_barrier
-    if x.size <= g.size:  # x^T (rows minor-most) @ g
-        x_t = barrier(jnp.einsum(f"{x_spec}->{batch}{inner}{rows}", x))
-        dw, dw_spec = jnp.einsum(f"{batch}{inner}{rows},{y_spec}->{batch}{inner}{outer}", x_t, g), \
-            f"{batch}{inner}{outer}"
-    else:  # (g^T @ x), then the small result transposed
-        g_t = barrier(jnp.einsum(f"{y_spec}->{batch}{outer}{rows}", g))
-        dw, dw_spec = jnp.einsum(f"{batch}{outer}{rows},{x_spec}->{batch}{outer}{inner}", g_t, x), \
-            f"{batch}{outer}{inner}"
+    # The smaller of x and g is transposed (rows minor-most) and is the left factor; dw comes out with that
+    # factor's own axes first: [batch, inner, outer] from x^T @ g, [batch, outer, inner] from g^T @ x.
+    (a, a_spec, a_own), (b, b_spec, b_own) = (x, x_spec, inner), (g, y_spec, outer)
+    if x.size > g.size:
+        (a, a_spec, a_own), (b, b_spec, b_own) = (b, b_spec, b_own), (a, a_spec, a_own)
+    a_t = barrier(jnp.einsum(f"{a_spec}->{batch}{a_own}{rows}", a))
+    dw_spec = f"{batch}{a_own}{b_own}"
+    dw = jnp.einsum(f"{batch}{a_own}{rows},{b_spec}->{dw_spec}", a_t, b)
     if dw_spec != w_spec:  # a barrier, or XLA folds this transpose into the product and swaps its factors back
         dw = jnp.einsum(f"{dw_spec}->{w_spec}", barrier(dw))
     return dx, dw.astype(w.dtype)
