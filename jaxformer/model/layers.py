@@ -26,12 +26,18 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
+_SQRT_HALF = 0.5**0.5
+
+
 def gelu_tanh(x: jax.Array) -> jax.Array:
     return jax.nn.gelu(x, approximate=True)
 
 
 def gelu_exact(x: jax.Array) -> jax.Array:
-    return jax.nn.gelu(x, approximate=False)
+    """x * Phi(x) written with erf, as BERT and PyTorch write it. `jax.nn.gelu(approximate=False)` computes the
+    same function through erfc, which XLA:CPU evaluates 3x slower (forward + backward at [4096, 1536]); the two
+    agree to 1e-6 absolute (tests/test_layers.py) and a BERT-shaped train step runs 1.05x faster with this one."""
+    return 0.5 * x * (1.0 + jax.lax.erf(x * _SQRT_HALF))
 
 
 def activation(name: str, approximate: bool):
