@@ -58,8 +58,9 @@ class ModelConfig:
     # master weights by param_dtype; float32 on CPUs, where XLA's bf16 matmuls are slower than its fp32 ones)
     dtype: str = "auto"
     remat: bool = False  # recompute each block's activations in the backward pass
-    # Attention kernel: auto | xla | cudnn | pallas (jaxformer/model/attention_kernels.py). auto: cuDNN flash on
-    # GPUs in half precision, Pallas flash on TPUs, XLA otherwise. Same function, so runs may switch on resume.
+    # Attention kernel: auto | xla | blocked | cpp | cudnn | pallas (jaxformer/model/attention_kernels.py). auto:
+    # cuDNN flash on GPUs in half precision, Pallas flash on TPUs, the C++ kernel (else blocked) on CPUs, XLA
+    # otherwise. Same function, so runs may switch on resume.
     attention_impl: str = "auto"
     # How weight gradients (every projection, the MoE experts, the vocabulary head) are computed: auto | xla | rowmajor
     # (jaxformer/model/dot_grads.py). auto: rowmajor on CPUs (the smaller factor transposed first, so the product
@@ -427,7 +428,7 @@ def validate(cfg: Config, n_devices: int | None = None) -> None:
                "objective.pair_documents": (o.pair_documents, ("source", "paragraphs"))}
     for key, (value, allowed) in choices.items():
         _check(value in allowed, f"Bad value {value!r} for {key}: choose one of {', '.join(allowed)}.")
-    attention_kernels.check(m.attention_impl, window=m.window, segment_ids=d.packing)
+    attention_kernels.check(m.attention_impl, window=m.window, segment_ids=d.packing, dtype=m.dtype)
     for key, value in [("model.n_layer", m.n_layer), ("model.d_model", m.d_model), ("model.n_heads", m.n_heads),
                        ("train.steps", t.steps), ("train.batch_size", t.batch_size), ("train.seq_len", t.seq_len),
                        ("train.grad_accum", t.grad_accum), ("train.log_every", t.log_every),

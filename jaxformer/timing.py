@@ -231,6 +231,7 @@ def time_train_step(spec: dict) -> dict:
     import jax
 
     from jaxformer import train
+    from jaxformer.model import attention_kernels
 
     rss_after_import = rss_mb()
     roofline_before = jax_roofline()
@@ -282,6 +283,8 @@ def time_train_step(spec: dict) -> dict:
                                                             "post_norm", "embed_norm", "gelu_approximate",
                                                             "positions", "tie_embeddings", "dtype",
                                                             "attention_impl", "dot_grads")},
+        "attention_kernel": attention_kernels.resolve(cfg.model.attention_impl, cfg.model.dtype,
+                                                      window=cfg.model.window, segment_ids=cfg.data.packing),
         "overrides": spec.get("overrides", {}),
         "devices": [str(d) for d in mesh.devices.flat],
     }, model_flops(cfg))

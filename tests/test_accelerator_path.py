@@ -16,6 +16,14 @@ from jaxformer.model.attention import attention_mask
 from tests.tiny import tiny_config
 
 
+def require_cpp_kernel():
+    """The C++ kernel is built with the machine's compiler; where there is none, its tests say so and skip."""
+    from jaxformer.model import cpu_attention
+
+    if (reason := cpu_attention.unavailable_reason()) is not None:
+        pytest.skip(f"model.attention_impl=cpp cannot be built here: {reason}")
+
+
 def _qkv(n_kv: int, t: int = 32, *, h: int = 16, dtype=jnp.float32, seed: int = 0):
     """Random q [2, t, 4, h] and k, v [2, t, n_kv, h]."""
     kq, kk, kv = jax.random.split(jax.random.key(seed), 3)
@@ -43,9 +51,11 @@ def _naive(q, k, v, *, causal, segment_ids=None, window=0):
     return np.einsum("bnts,bsnh->btnh", p / p.sum(-1, keepdims=True), v)
 
 
-@pytest.mark.parametrize("impl", ["xla", "blocked", "pallas"])
+@pytest.mark.parametrize("impl", ["xla", "blocked", "cpp", "pallas"])
 @pytest.mark.parametrize("causal,n_kv,packed", [(True, 4, False), (False, 2, False), (True, 1, True)])
 def test_kernel_matches_the_naive_attention(impl, causal, n_kv, packed):
+    if impl == "cpp":
+        require_cpp_kernel()
     q, k, v = _qkv(n_kv)
     segments = jnp.asarray(np.repeat([[0] * 20 + [1] * 12], 2, axis=0)) if packed else None
     mask = None
@@ -53,6 +63,10 @@ def test_kernel_matches_the_naive_attention(impl, causal, n_kv, packed):
         positions = jnp.broadcast_to(jnp.arange(32), (2, 32))
         mask = attention_mask(positions, positions, causal=causal, window=0, q_seg_BxT=segments,
                               k_seg_BxS=segments)
+    if impl == "cpp" and packed:  # the C++ kernel takes no mask: one sentence, not a wrong answer
+        with pytest.raises(UserError, match="packed documents"):
+            attention_kernels.attend(q, k, v, impl=impl, causal=causal, segment_ids_BxT=segments, mask=mask)
+        return
     out = attention_kernels.attend(q, k, v, impl=impl, causal=causal, segment_ids_BxT=segments, mask=mask)
     np.testing.assert_allclose(np.asarray(out), _naive(q, k, v, causal=causal, segment_ids=segments),
                                atol=2e-5, rtol=2e-5)
@@ -94,7 +108,8 @@ def test_train_step_loss_is_the_same_across_kernels(kind):
     """The whole model: same parameters, same batch, the step's loss and gradient norm agree across kernels."""
     batch = {"tokens": jax.random.randint(jax.random.key(1), (8, 17), 8, 64)}
     metrics = {}
-    for impl in ("xla", "blocked", "pallas"):
+    require_cpp_kernel()
+    for impl in ("xla", "blocked", "cpp", "pallas"):
         cfg = tiny_config(kind, model=dict(attention_impl=impl))
         tx = train.make_optimizer(cfg)
         graphdef, params = nnx.split(build_model(cfg, 0), nnx.Param)
@@ -102,14 +117,21 @@ def test_train_step_loss_is_the_same_across_kernels(kind):
                                  graphdef=graphdef, tx=tx, cfg=cfg)
         _, metrics[impl] = jax.jit(train.train_step)(state, batch, jax.random.key(2))
         assert objectives.for_config(cfg).kind == kind
-    for impl in ("blocked", "pallas"):
+    for impl in ("blocked", "cpp", "pallas"):
         for name in ("loss", "grad_norm"):
             assert float(metrics[impl][name]) == pytest.approx(float(metrics["xla"][name]), rel=1e-5)
 
 
-def test_auto_picks_by_backend_and_masking():
+def test_auto_picks_by_backend_and_masking(monkeypatch):
     resolve = attention_kernels.resolve
+    assert jax.device_count() > 1  # the tests' 8 CPU devices: the C++ kernel's operands would be gathered
     assert resolve("auto", "float32", backend="cpu") == "blocked"
+    monkeypatch.setattr(jax, "device_count", lambda: 1)
+    require_cpp_kernel()
+    assert resolve("auto", "float32", backend="cpu") == resolve("auto", "auto", backend="cpu") == "cpp"
+    for masking in (dict(window=8), dict(segment_ids=True)):
+        assert resolve("auto", "float32", backend="cpu", **masking) == "blocked"
+    assert resolve("auto", "bfloat16", backend="cpu") == "blocked"
     assert resolve("auto", "bfloat16", backend="gpu") == "cudnn"
     assert resolve("auto", "float32", backend="gpu") == "xla"  # cuDNN's flash path is half precision only
     assert resolve("auto", "bfloat16", backend="gpu", segment_ids=True) == "xla"
@@ -125,6 +147,10 @@ def test_impossible_choices_are_one_sentence():
         validate(tiny_config("clm", model=dict(attention_impl="cudnn"), data=dict(packing=True), resolved=False))
     with pytest.raises(UserError, match="model.attention_impl"):
         validate(tiny_config("clm", model=dict(attention_impl="flash"), resolved=False))
+    for setting in (dict(model=dict(window=4)), dict(data=dict(packing=True)), dict(model=dict(dtype="bfloat16"))):
+        with pytest.raises(UserError, match="attention_impl=cpp computes float32"):
+            validate(tiny_config("clm", **{**setting, "model": {**setting.get("model", {}), "attention_impl": "cpp"}},
+                                 resolved=False))
     if jax.default_backend() != "gpu":
         q, k, v = _qkv(4)
         with pytest.raises(UserError, match="needs an NVIDIA GPU"):

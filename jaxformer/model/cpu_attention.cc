@@ -1,0 +1,306 @@
+// Fused softmax(QK^T / sqrt(H)) V for XLA:CPU, forward and backward, as XLA FFI handlers
+// (jaxformer/model/cpu_attention.py builds, loads and differentiates it; model.attention_impl=cpp).
+//
+// Why it exists: XLA:CPU runs attention's batched [T, H] x [H, S] products on one core (the batch loop is not
+// split across threads) and writes every score and probability tensor to memory between them. Here one task is
+// one (batch row, KV head): its queries, in blocks of BQ rows, go through scores -> softmax -> P V with the
+// block's scores in cache, and the tasks are spread over all cores.
+//
+// Layouts are the model's own: q, o, dq [B, T, N, H]; k, v, dk, dv [B, S, G, H] (N = G x R query heads, query
+// head n reads KV head n / R); lse [B, N, T] (log-sum-exp of each row's scaled scores, saved for the backward).
+// Causal attention needs S == T (training); the Python side checks.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int VL = 16;  // floats per vector register
+constexpr int MR = 6;   // rows per register tile
+constexpr int NV = 4;   // vectors per register tile row: 6 x 4 accumulators + 4 B vectors fit 32 registers
+#else
+constexpr int VL = 8;
+constexpr int MR = 4;
+constexpr int NV = 2;   // 16 registers: 4 x 2 accumulators + 2 B vectors
+#endif
+typedef float vf __attribute__((vector_size(VL * 4)));
+typedef float vfu __attribute__((vector_size(VL * 4), aligned(4)));  // for unaligned loads and stores
+typedef int32_t vi __attribute__((vector_size(VL * 4)));
+
+inline vf load(const float* p) { return *reinterpret_cast<const vfu*>(p); }
+inline void store(float* p, vf x) { *reinterpret_cast<vfu*>(p) = x; }
+inline vf splat(float x) { return vf{} + x; }
+
+// C[i, j] (+)= sum_k A(i, k) B[k, j] for one tile of ROWS x (V * VL); A(i, k) = a[i * ars + k * acs].
+template <int ROWS, int V>
+inline void tile(long kk, const float* a, long ars, long acs, const float* b, long ldb, float* c, long ldc,
+                 bool accumulate) {
+  vf sum[ROWS][V];
+  for (int r = 0; r < ROWS; ++r)
+    for (int v = 0; v < V; ++v) sum[r][v] = accumulate ? load(c + r * ldc + v * VL) : vf{};
+  for (long k = 0; k < kk; ++k) {
+    vf bv[V];
+    for (int v = 0; v < V; ++v) bv[v] = load(b + k * ldb + v * VL);
+    for (int r = 0; r < ROWS; ++r) {
+      vf av = splat(a[r * ars + k * acs]);
+      for (int v = 0; v < V; ++v) sum[r][v] += av * bv[v];
+    }
+  }
+  for (int r = 0; r < ROWS; ++r)
+    for (int v = 0; v < V; ++v) store(c + r * ldc + v * VL, sum[r][v]);
+}
+
+template <int V>
+inline void panel(long m, long kk, const float* a, long ars, long acs, const float* b, long ldb, float* c, long ldc,
+                  bool accumulate) {
+  long i = 0;
+  for (; i + MR <= m; i += MR) tile<MR, V>(kk, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc, accumulate);
+  for (; i < m; ++i) tile<1, V>(kk, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc, accumulate);
+}
+
+// C[m, n] (+)= A[m, k] B[k, n]; B and C rows are contiguous (strides ldb, ldc), A is read through strides.
+void gemm(long m, long n, long kk, const float* a, long ars, long acs, const float* b, long ldb, float* c,
+          long ldc, bool accumulate) {
+  long j = 0;
+  for (; j + NV * VL <= n; j += NV * VL) panel<NV>(m, kk, a, ars, acs, b + j, ldb, c + j, ldc, accumulate);
+  for (; j + VL <= n; j += VL) panel<1>(m, kk, a, ars, acs, b + j, ldb, c + j, ldc, accumulate);
+  for (; j < n; ++j)
+    for (long i = 0; i < m; ++i) {
+      float s = accumulate ? c[i * ldc + j] : 0.0f;
+      for (long k = 0; k < kk; ++k) s += a[i * ars + k * acs] * b[k * ldb + j];
+      c[i * ldc + j] = s;
+    }
+}
+
+// exp(x) for x <= 0 (scores minus their row maximum): 2^n e^r with |r| <= ln2 / 2, degree-6 Taylor polynomial
+// for e^r (relative error below 2e-7), 2^n put straight into the exponent bits. Inputs below -87 give ~1e-38.
+inline vf exp_nonpositive(vf x) {
+  x = x < splat(-87.0f) ? splat(-87.0f) : x;
+  const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer in the low mantissa bits
+  vf t = x * splat(1.44269504f) + magic;
+  vf n = t - magic;
+  vf r = x - n * splat(0.693145752f) - n * splat(1.42860677e-6f);
+  vf p = splat(1.0f / 720);
+  p = p * r + splat(1.0f / 120);
+  p = p * r + splat(1.0f / 24);
+  p = p * r + splat(1.0f / 6);
+  p = p * r + splat(0.5f);
+  p = p * r + splat(1.0f);
+  p = p * r + splat(1.0f);
+  vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+  vf scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+// row[0:len] = exp(row[0:len] * mul - sub), row[len:width] = 0; returns the sum of the exponentials.
+float exp_row(float* row, long len, long width, float mul, float sub) {
+  vf acc = vf{};
+  long j = 0;
+  for (; j + VL <= len; j += VL) {
+    vf e = exp_nonpositive(load(row + j) * splat(mul) - splat(sub));
+    store(row + j, e);
+    acc += e;
+  }
+  if (j < len && j + VL <= width) {  // the causal diagonal: one vector, lanes past the row's last key zeroed
+    vf lane = vf{};
+    for (int v = 0; v < VL; ++v) lane[v] = static_cast<float>(v);
+    vf e = exp_nonpositive(load(row + j) * splat(mul) - splat(sub));
+    e = lane < splat(static_cast<float>(len - j)) ? e : vf{};
+    store(row + j, e);
+    acc += e;
+    j += VL;
+  }
+  float sum = 0.0f;
+  for (int v = 0; v < VL; ++v) sum += acc[v];
+  for (; j < len; ++j) {
+    row[j] = std::exp(row[j] * mul - sub);
+    sum += row[j];
+  }
+  for (; j < width; ++j) row[j] = 0.0f;
+  return sum;
+}
+
+float row_max(const float* row, long len) {
+  float best = -INFINITY;
+  long j = 0;
+  if (len >= VL) {
+    vf acc = load(row);
+    for (j = VL; j + VL <= len; j += VL) {
+      vf x = load(row + j);
+      acc = x > acc ? x : acc;
+    }
+    for (int v = 0; v < VL; ++v) best = std::max(best, acc[v]);
+  }
+  for (; j < len; ++j) best = std::max(best, row[j]);
+  return best;
+}
+
+struct Shape {
+  long b, t, n, h, s, g;
+  long r() const { return n / g; }
+  long q_row() const { return n * h; }  // stride between positions in q / o / dq
+  long k_row() const { return g * h; }  // ... in k / v / dk / dv
+};
+
+constexpr long BQ = 64;  // query rows per block: a block's scores (BQ x S floats) stay in L2 up to S of a few 1000
+
+// Keys a query block reads: causal blocks stop at their last row, as the model's `blocked` XLA kernel does.
+long block_keys(const Shape& d, long q0, long rows, bool causal) { return causal ? q0 + rows : d.s; }
+
+// Runs fn(task) for task in [0, tasks) on `threads` threads (this one included).
+template <typename Fn>
+void parallel_for(long tasks, long threads, Fn fn) {
+  threads = std::max(1L, std::min(threads, tasks));
+  std::atomic<long> next{0};
+  auto worker = [&] {
+    for (long task = next++; task < tasks; task = next++) fn(task);
+  };
+  std::vector<std::thread> pool;
+  for (long i = 1; i < threads; ++i) pool.emplace_back(worker);
+  worker();
+  for (auto& th : pool) th.join();
+}
+
+// K^T (or V^T) of one (batch row, KV head): out[h, j] = x[j, h].
+void transpose_rows(const float* x, long rows, long h, long ld, float* out) {
+  for (long j = 0; j < rows; ++j)
+    for (long c = 0; c < h; ++c) out[c * rows + j] = x[j * ld + c];
+}
+
+void forward(const Shape& d, bool causal, long threads, const float* q, const float* k, const float* v, float* o,
+             float* lse) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d.h));
+  parallel_for(d.b * d.g, threads, [&](long task) {
+    const long bi = task / d.g, gi = task % d.g;
+    const float* k0 = k + (bi * d.s * d.g + gi) * d.h;
+    const float* v0 = v + (bi * d.s * d.g + gi) * d.h;
+    std::vector<float> kt(d.h * d.s), scores(BQ * d.s);
+    transpose_rows(k0, d.s, d.h, d.k_row(), kt.data());
+    for (long ri = 0; ri < d.r(); ++ri) {
+      const long ni = gi * d.r() + ri;
+      for (long q0 = 0; q0 < d.t; q0 += BQ) {
+        const long rows = std::min(BQ, d.t - q0), keys = block_keys(d, q0, rows, causal);
+        const float* qb = q + ((bi * d.t + q0) * d.n + ni) * d.h;
+        gemm(rows, keys, d.h, qb, d.q_row(), 1, kt.data(), d.s, scores.data(), keys, false);
+        for (long i = 0; i < rows; ++i) {
+          float* row = scores.data() + i * keys;
+          const long len = causal ? q0 + i + 1 : keys;
+          const float top = row_max(row, len) * scale;
+          const float sum = exp_row(row, len, keys, scale, top);
+          const float inv = 1.0f / sum;
+          for (long j = 0; j < len; ++j) row[j] *= inv;
+          lse[(bi * d.n + ni) * d.t + q0 + i] = top + std::log(sum);
+        }
+        gemm(rows, d.h, keys, scores.data(), keys, 1, v0, d.k_row(), o + ((bi * d.t + q0) * d.n + ni) * d.h,
+             d.q_row(), false);
+      }
+    }
+  });
+}
+
+void backward(const Shape& d, bool causal, long threads, const float* q, const float* k, const float* v,
+              const float* o, const float* lse, const float* dout, float* dq, float* dk, float* dv) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d.h));
+  parallel_for(d.b * d.g, threads, [&](long task) {
+    const long bi = task / d.g, gi = task % d.g;
+    const long kv_off = (bi * d.s * d.g + gi) * d.h;
+    std::vector<float> kt(d.h * d.s), vt(d.h * d.s), probs(BQ * d.s), dprobs(BQ * d.s), dk_acc(d.s * d.h, 0.0f),
+        dv_acc(d.s * d.h, 0.0f);
+    transpose_rows(k + kv_off, d.s, d.h, d.k_row(), kt.data());
+    transpose_rows(v + kv_off, d.s, d.h, d.k_row(), vt.data());
+    for (long ri = 0; ri < d.r(); ++ri) {
+      const long ni = gi * d.r() + ri;
+      for (long q0 = 0; q0 < d.t; q0 += BQ) {
+        const long rows = std::min(BQ, d.t - q0), keys = block_keys(d, q0, rows, causal);
+        const long row_off = ((bi * d.t + q0) * d.n + ni) * d.h;
+        const float *qb = q + row_off, *ob = o + row_off, *db = dout + row_off;
+        gemm(rows, keys, d.h, qb, d.q_row(), 1, kt.data(), d.s, probs.data(), keys, false);
+        gemm(rows, keys, d.h, db, d.q_row(), 1, vt.data(), d.s, dprobs.data(), keys, false);
+        for (long i = 0; i < rows; ++i) {
+          float *p = probs.data() + i * keys, *dp = dprobs.data() + i * keys;
+          const long len = causal ? q0 + i + 1 : keys;
+          exp_row(p, len, keys, scale, lse[(bi * d.n + ni) * d.t + q0 + i]);
+          float delta = 0.0f;  // sum_h dO[i, h] O[i, h] = sum_j P[i, j] dP[i, j]
+          for (long c = 0; c < d.h; ++c) delta += db[i * d.q_row() + c] * ob[i * d.q_row() + c];
+          // dS = P (dP - delta), times the score scale so that dQ = dS K and dK = dS^T Q directly.
+          for (long j = 0; j < keys; ++j) dp[j] = scale * p[j] * (dp[j] - delta);
+        }
+        gemm(keys, d.h, rows, probs.data(), 1, keys, db, d.q_row(), dv_acc.data(), d.h, true);
+        gemm(keys, d.h, rows, dprobs.data(), 1, keys, qb, d.q_row(), dk_acc.data(), d.h, true);
+        gemm(rows, d.h, keys, dprobs.data(), keys, 1, k + kv_off, d.k_row(), dq + row_off, d.q_row(), false);
+      }
+    }
+    for (long j = 0; j < d.s; ++j) {
+      std::memcpy(dk + kv_off + j * d.k_row(), dk_acc.data() + j * d.h, d.h * sizeof(float));
+      std::memcpy(dv + kv_off + j * d.k_row(), dv_acc.data() + j * d.h, d.h * sizeof(float));
+    }
+  });
+}
+
+Shape shape_of(ffi::Buffer<ffi::F32>& q, ffi::Buffer<ffi::F32>& k) {
+  auto qd = q.dimensions(), kd = k.dimensions();
+  return Shape{qd[0], qd[1], qd[2], qd[3], kd[1], kd[2]};
+}
+
+ffi::Error check(const Shape& d, bool causal) {
+  if (d.g <= 0 || d.n % d.g != 0) return ffi::Error::InvalidArgument("query heads must be a multiple of KV heads");
+  if (causal && d.s != d.t) return ffi::Error::InvalidArgument("causal attention needs as many keys as queries");
+  return ffi::Error::Success();
+}
+
+ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
+                       ffi::ResultBuffer<ffi::F32> o, ffi::ResultBuffer<ffi::F32> lse, int64_t causal,
+                       int64_t threads) {
+  Shape d = shape_of(q, k);
+  if (auto err = check(d, causal); err.failure()) return err;
+  forward(d, causal, threads, q.typed_data(), k.typed_data(), v.typed_data(), o->typed_data(), lse->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
+                        ffi::Buffer<ffi::F32> o, ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout,
+                        ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk,
+                        ffi::ResultBuffer<ffi::F32> dv, int64_t causal, int64_t threads) {
+  Shape d = shape_of(q, k);
+  if (auto err = check(d, causal); err.failure()) return err;
+  backward(d, causal, threads, q.typed_data(), k.typed_data(), v.typed_data(), o.typed_data(), lse.typed_data(),
+           dout.typed_data(), dq->typed_data(), dk->typed_data(), dv->typed_data());
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxformerAttentionForward, ForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("causal")
+                                  .Attr<int64_t>("threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxformerAttentionBackward, BackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("causal")
+                                  .Attr<int64_t>("threads"));
