@@ -16,7 +16,8 @@ computes. Categories:
 XLA:CPU runs independent thunks concurrently; a stretch of time with two thunks running is charged half to each,
 so the categories add up to the wall time. On a GPU the trace's device lines are read instead: each kernel names
 the HLO instruction it runs (`hlo_op`), cuBLAS GEMM custom calls count as matmuls (their FLOPs from the GEMM's
-dimension numbers), cuDNN's fused attention is `attention kernel`, and `idle` is the time no kernel runs.
+dimension numbers), cuDNN's fused attention is `attention kernel` (as is jaxformer's C++ kernel on a CPU,
+`model.attention_impl=cpp`), and `idle` is the time no kernel runs.
 
     python benchmarks/profile_step.py --from DIR     # a saved trace: benchmarks/bench_gpu.py --trace-dir DIR/..
 """
@@ -131,7 +132,8 @@ def parse_hlo(text: str) -> dict:
 def _library_category(info: dict) -> str | None:
     if info.get("target") in _GEMM_TARGETS:
         return "matmul: library"
-    return "attention kernel" if "fmha" in info.get("target", "") else None
+    target = info.get("target", "")
+    return "attention kernel" if "fmha" in target or target.startswith("jaxformer_attention") else None
 
 
 def _target(rest: str) -> str:

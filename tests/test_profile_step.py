@@ -116,6 +116,15 @@ def test_gpu_trace_kernels_map_to_instructions_and_library_calls():
     assert rows["attention kernel"]["ms_per_step"] == 20
 
 
+def test_the_cpu_attention_kernel_is_an_attention_kernel():
+    """model.attention_impl=cpp's FFI calls (forward and backward) are one category, not elementwise work."""
+    for stage in ("fwd", "bwd"):
+        info = {"op": "custom-call", "target": f"jaxformer_attention_{stage}", "flops": 0.0, "ops": ["custom-call"],
+                "batched_dot": False, "dot_dims": [], "op_name": "jit(train_step)/jvp()/ffi_call"}
+        assert profile_step.categorize(info, vocab=50) == "attention kernel"
+    assert profile_step.categorize({**info, "target": "some_other_call"}, vocab=50) != "attention kernel"
+
+
 def test_an_asynchronous_dot_lasts_until_its_end_event():
     """XLA:CPU's plain Eigen `dot` thunk returns at once and computes until its `end:` event: that time is the
     dot's, not idle. A fusion's late `end:` event (executor bookkeeping) does not stretch the fusion."""
