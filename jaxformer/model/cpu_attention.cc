@@ -65,6 +65,9 @@ inline void panel(long m, long kk, const float* a, long ars, long acs, const flo
                   bool accumulate) {
   long i = 0;
   for (; i + MR <= m; i += MR) tile<MR, V>(kk, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc, accumulate);
+  // rows left over (64 = 6 x 10 + 4): as few tiles as possible, each row alone would reload B per row
+  for (; i + 4 <= m; i += 4) tile<4, V>(kk, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc, accumulate);
+  for (; i + 2 <= m; i += 2) tile<2, V>(kk, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc, accumulate);
   for (; i < m; ++i) tile<1, V>(kk, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc, accumulate);
 }
 
