@@ -91,3 +91,34 @@ except UserError as err:
     assert lines["auto"] == "blocked"
     assert lines["error"].startswith("model.attention_impl=cpp could not build its kernel")
     assert not list(tmp_path.glob("*.so"))
+
+
+def test_a_single_device_train_step_runs_the_kernel_by_default():
+    """In a one-device process (a CPU run as users start it) `auto` compiles the train step around the C++
+    kernel, and the step's loss and gradient norm are those of the `blocked` XLA kernel."""
+    code = """
+import jax, jax.numpy as jnp
+from flax import nnx
+from jaxformer import train
+from jaxformer.model import build_model
+from tests.tiny import tiny_config
+batch = {"tokens": jax.random.randint(jax.random.key(1), (8, 17), 8, 64)}
+for impl in ("auto", "blocked"):
+    cfg = tiny_config("clm", model=dict(attention_impl=impl))
+    tx = train.make_optimizer(cfg)
+    graphdef, params = nnx.split(build_model(cfg, 0), nnx.Param)
+    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                             graphdef=graphdef, tx=tx, cfg=cfg)
+    step = jax.jit(train.train_step).lower(state, batch, jax.random.key(2))
+    _, m = step.compile()(state, batch, jax.random.key(2))
+    print(impl, jax.device_count(), "jaxformer_attention_bwd" in step.as_text(), float(m["loss"]),
+          float(m["grad_norm"]))
+"""
+    env = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines()}
+    assert rows["auto"][:2] == ["1", "True"] and rows["blocked"][:2] == ["1", "False"]
+    for got, want in zip(rows["auto"][2:], rows["blocked"][2:], strict=True):
+        assert float(got) == pytest.approx(float(want), rel=1e-5)
