@@ -13,6 +13,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxformer.errors import UserError
 from jaxformer.model import attention_kernels, cpu_attention
 from tests.test_accelerator_path import _naive, require_cpp_kernel
 
@@ -46,6 +47,15 @@ def test_values_and_gradients_match_naive_and_xla(causal, b, t, n, g, h):
         np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=5e-5, rtol=5e-5)
 
 
+def test_causal_needs_as_many_keys_as_queries():
+    q, k, v, _ = _inputs(1, 8, 2, 2, 16)
+    with pytest.raises(UserError, match="as many keys as queries"):
+        attention_kernels.attend(q, k[:, :6], v[:, :6], impl="cpp", causal=True)
+    out = attention_kernels.attend(q, k[:, :6], v[:, :6], impl="cpp", causal=False)  # bidirectional: any S
+    want = attention_kernels.attend(q, k[:, :6], v[:, :6], impl="xla", causal=False)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(want), atol=2e-5)
+
+
 def test_sharded_inputs_give_the_unsharded_answer():
     """Over 8 devices (batch and heads split) XLA gathers the custom call's operands: slower, but the same
     values and gradients, so an explicit `cpp` on a multi-device mesh is never wrong."""
@@ -72,6 +82,7 @@ def test_the_library_is_cached_per_source_and_cpu():
 def test_without_a_compiler_auto_falls_back_and_cpp_is_one_sentence(tmp_path):
     code = """
 import jax, jax.numpy as jnp
+from jaxformer.errors import UserError
 from jaxformer.errors import UserError
 from jaxformer.model import attention_kernels, cpu_attention
 print("reason:", cpu_attention.unavailable_reason())

@@ -111,6 +111,9 @@ def _cpp(q_BxTxNxH, k_BxSxGxH, v_BxSxGxH, *, causal, window, mask):
         raise UserError(f"model.attention_impl=cpp runs on CPUs (this backend is {jax.default_backend()}); "
                         f"use auto.")
     check("cpp", window=window, segment_ids=mask is not None, dtype=str(q_BxTxNxH.dtype))
+    if causal and k_BxSxGxH.shape[1] != q_BxTxNxH.shape[1]:
+        raise UserError(f"model.attention_impl=cpp takes causal attention over as many keys as queries (training), "
+                        f"got {q_BxTxNxH.shape[1]} queries and {k_BxSxGxH.shape[1]} keys; use xla.")
     if (reason := cpu_attention.unavailable_reason()) is not None:
         raise UserError(f"model.attention_impl=cpp could not build its kernel ({reason}); use auto or blocked.")
     return cpu_attention.attention(q_BxTxNxH, k_BxSxGxH, v_BxSxGxH, causal)
