@@ -3,6 +3,7 @@ against a naive float64 attention and XLA's kernel over the shapes its code path
 head sizes off the vector width, GQA/MQA), under a sharded jit, and what happens without a compiler."""
 
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +134,30 @@ for impl in ("auto", "blocked"):
     assert rows["auto"][:2] == ["1", "True"] and rows["blocked"][:2] == ["1", "False"]
     for got, want in zip(rows["auto"][2:], rows["blocked"][2:], strict=True):
         assert float(got) == pytest.approx(float(want), rel=1e-5)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64-v3 (AVX2) is an x86 target")
+def test_the_avx2_build_matches_xla(tmp_path):
+    """The kernel's other vector width: built for x86-64-v3 (AVX2, the 8-float tiles; what a Zen 3 or older
+    Xeon builds natively) in a fresh cache, values and gradients against XLA's kernel."""
+    code = """
+import jax, jax.numpy as jnp
+from jaxformer.model import attention_kernels, cpu_attention
+assert cpu_attention.unavailable_reason() is None, cpu_attention.unavailable_reason()
+for causal, shape in ((True, (2, 150, 4, 2, 16)), (False, (2, 70, 3, 3, 24)), (True, (1, 64, 2, 1, 64))):
+    b, t, n, g, h = shape
+    keys = jax.random.split(jax.random.key(t), 4)
+    q, dout = jax.random.normal(keys[0], (b, t, n, h)), jax.random.normal(keys[3], (b, t, n, h))
+    k, v = jax.random.normal(keys[1], (b, t, g, h)), jax.random.normal(keys[2], (b, t, g, h))
+    got = jax.vjp(lambda *a: cpu_attention.attention(*a, causal), q, k, v)
+    want = jax.vjp(lambda *a: attention_kernels.attend(*a, impl="xla", causal=causal), q, k, v)
+    errs = [float(jnp.max(jnp.abs(x - y))) for x, y in zip((got[0], *got[1](dout)), (want[0], *want[1](dout)))]
+    print(max(errs))
+"""
+    env = {**os.environ, "JAXFORMER_KERNEL_MARCH": "x86-64-v3", "JAXFORMER_KERNEL_CACHE": str(tmp_path),
+           "XLA_FLAGS": "", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(list(tmp_path.glob("cpu_attention-*.so"))) == 1
+    errors = [float(line) for line in done.stdout.split()]
+    assert len(errors) == 3 and max(errors) < 5e-5

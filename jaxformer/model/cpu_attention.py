@@ -1,7 +1,7 @@
 """`model.attention_impl=cpp`: the fused C++ attention kernel in cpu_attention.cc, for CPUs.
 
 The kernel is compiled with the machine's C++ compiler the first time a process needs it (a few seconds), for
-this CPU (`-march=native`), and cached under `$JAXFORMER_KERNEL_CACHE` (default `~/.cache/jaxformer/kernels`),
+this CPU (`-march=native`, or `$JAXFORMER_KERNEL_MARCH`), and cached under `$JAXFORMER_KERNEL_CACHE` (default `~/.cache/jaxformer/kernels`),
 keyed by the source, the JAX version (the FFI header) and the CPU's feature flags. It is registered with XLA as
 two FFI targets (forward, backward) and differentiated here with `jax.custom_vjp`; the forward saves each row's
 log-sum-exp so the backward recomputes the probabilities instead of storing them.
@@ -28,7 +28,13 @@ import numpy as np
 
 SOURCE = Path(__file__).with_name("cpu_attention.cc")
 TARGETS = {"fwd": "JaxformerAttentionForward", "bwd": "JaxformerAttentionBackward"}
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
+FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread")
+
+
+def flags() -> tuple[str, ...]:
+    """Compiler flags; `JAXFORMER_KERNEL_MARCH` names the target CPU (default `native`: the vector width of the
+    machine that builds it, AVX-512 or AVX2 on x86), e.g. `x86-64-v3` for a library shared by several hosts."""
+    return (*FLAGS, f"-march={os.environ.get('JAXFORMER_KERNEL_MARCH') or 'native'}")
 
 
 def cache_dir() -> Path:
@@ -56,7 +62,7 @@ def _build() -> Path:
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C++ compiler found (set CXX or install g++)")
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), jax.__version__, _cpu_flags(), compiler, *FLAGS])
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), jax.__version__, _cpu_flags(), compiler, *flags()])
                          .encode()).hexdigest()[:16]
     library = cache_dir() / f"cpu_attention-{key}.so"
     if library.exists():
@@ -65,7 +71,7 @@ def _build() -> Path:
     # Compile to a temporary name and rename: concurrent processes (test workers) never load a half-written file.
     with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
         partial = Path(tmp) / library.name
-        done = subprocess.run([compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(partial)],
+        done = subprocess.run([compiler, *flags(), f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(partial)],
                               capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {(done.stderr or done.stdout).strip().splitlines()[0]}")
