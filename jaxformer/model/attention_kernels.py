@@ -18,8 +18,9 @@
   kernel on TPUs, and the GPU kernel in interpret mode on CPU (slow; there for numerics tests only).
 - `auto` (default): `cudnn` on a GPU when the compute dtype is half precision (cuDNN's flash path needs it),
   `pallas` on a TPU, `cpp` on a CPU where it can run (float32, no window or packing, one device: sharded, XLA
-  would gather its operands onto every device; and a C++ compiler), else `blocked`; `xla` otherwise. `jax.nn.dot_product_attention`'s own default
-  (`implementation=None`) picks XLA in this JAX version, so without this setting nothing would run a flash kernel.
+  would gather its operands onto every device; and a C++ compiler), else `blocked`; `xla` otherwise.
+  `jax.nn.dot_product_attention`'s own default (`implementation=None`) picks XLA in this JAX version, so without
+  this setting nothing would run a flash kernel.
 
 The fused kernels take no explicit mask: causal, sliding window (cuDNN only) and document boundaries (segment
 ids; not cuDNN in this JAX) are arguments. Decoding with a KV cache always uses `xla` (one query row per step
@@ -64,8 +65,8 @@ def resolve(impl: str, dtype: str, *, window: int = 0, segment_ids: bool = False
 
 def keys_multiplied(t: int, *, causal: bool, impl: str) -> float:
     """Average number of keys per query whose products the kernel `impl` (resolved) computes in a window of t
-    positions: `blocked` and `cpp` stop each causal query block at its last row; the others compute the full square (the
-    fused kernels skip masked tiles too, but by their own tiling, so T stays their upper bound)."""
+    positions: `blocked` and `cpp` stop each causal query block at its last row; the others compute the full
+    square (the fused kernels skip masked tiles too, but by their own tiling, so T stays their upper bound)."""
     if impl not in ("blocked", "cpp") or not causal:
         return float(t)
     return sum((stop - start) * stop for start in range(0, t, BLOCK) for stop in [min(start + BLOCK, t)]) / t

@@ -1,8 +1,9 @@
 """`model.attention_impl=cpp`: the fused C++ attention kernel in cpu_attention.cc, for CPUs.
 
 The kernel is compiled with the machine's C++ compiler the first time a process needs it (a few seconds), for
-this CPU (`-march=native`, or `$JAXFORMER_KERNEL_MARCH`), and cached under `$JAXFORMER_KERNEL_CACHE` (default `~/.cache/jaxformer/kernels`),
-keyed by the source, the JAX version (the FFI header) and the CPU's feature flags. It is registered with XLA as
+this CPU (`-march=native`, or `$JAXFORMER_KERNEL_MARCH`), and cached under `$JAXFORMER_KERNEL_CACHE` (default
+`~/.cache/jaxformer/kernels`), keyed by the source, the JAX version (the FFI header), the CPU's feature flags
+and the compiler flags. It is registered with XLA as
 two FFI targets (forward, backward) and differentiated here with `jax.custom_vjp`; the forward saves each row's
 log-sum-exp so the backward recomputes the probabilities instead of storing them.
 
