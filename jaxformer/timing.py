@@ -283,8 +283,7 @@ def time_train_step(spec: dict) -> dict:
                                                             "post_norm", "embed_norm", "gelu_approximate",
                                                             "positions", "tie_embeddings", "dtype",
                                                             "attention_impl", "dot_grads")},
-        "attention_kernel": attention_kernels.resolve(cfg.model.attention_impl, cfg.model.dtype,
-                                                      window=cfg.model.window, segment_ids=cfg.data.packing),
+        "attention_kernel": attention_kernels.resolve_for(cfg),
         "overrides": spec.get("overrides", {}),
         "devices": [str(d) for d in mesh.devices.flat],
     }, model_flops(cfg))

@@ -1,6 +1,6 @@
 """model.attention_impl=cpp, the C++ attention kernel (jaxformer/model/cpu_attention.cc): values and gradients
-against a naive float64 attention and XLA's kernel over the shapes its code paths split on (ragged query blocks,
-head sizes off the vector width, GQA/MQA), under a sharded jit, and what happens without a compiler."""
+against a naive float64 attention and XLA's kernel over the shapes its code paths split on (ragged query
+blocks, head sizes off the vector width, GQA/MQA), under a sharded jit, and what happens without a compiler."""
 
 import os
 import platform
@@ -26,14 +26,22 @@ def _kernel():
     require_cpp_kernel()
 
 
+def _python(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    """This repository's Python in a fresh process with one CPU device (unless `env` says otherwise)."""
+    env = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": str(REPO), **env}
+    done = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
 def _inputs(b, t, n, g, h, seed=0):
     keys = jax.random.split(jax.random.key(seed), 4)
     return (jax.random.normal(keys[0], (b, t, n, h)), 2 * jax.random.normal(keys[1], (b, t, g, h)),
             jax.random.normal(keys[2], (b, t, g, h)), jax.random.normal(keys[3], (b, t, n, h)))
 
 
-# T = 150: two whole 64-row query blocks and a ragged one; H = 24 and 8: columns off the 16/8-float vector width
-# (the scalar tail of the products); H = 64: whole register tiles; G = 1, 2 and N: MQA, GQA, MHA.
+# T = 150: two whole 64-row query blocks and a ragged one; H = 24 and 8: columns off the 16/8-float vector
+# width (the scalar tail of the products); H = 64: whole register tiles; G = 1, 2 and N: MQA, GQA, MHA.
 @pytest.mark.parametrize("causal,b,t,n,g,h", [(True, 2, 150, 4, 2, 16), (False, 2, 150, 4, 4, 24),
                                               (True, 1, 70, 3, 1, 64), (False, 3, 9, 2, 1, 8),
                                               (True, 2, 130, 4, 4, 40)])
@@ -94,10 +102,7 @@ try:
 except UserError as err:
     print("error:", err)
 """
-    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "JAXFORMER_KERNEL_CACHE": str(tmp_path),
-           "XLA_FLAGS": "", "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    done = _python(["-c", code], CXX=str(tmp_path / "no-such-compiler"), JAXFORMER_KERNEL_CACHE=str(tmp_path))
     lines = dict(line.split(": ", 1) for line in done.stdout.splitlines())
     assert "no-such-compiler" in lines["reason"]
     assert lines["auto"] == "blocked"
@@ -126,10 +131,7 @@ for impl in ("auto", "blocked"):
     print(impl, jax.device_count(), "jaxformer_attention_bwd" in step.as_text(), float(m["loss"]),
           float(m["grad_norm"]))
 """
-    env = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
-                          cwd=REPO)
-    assert done.returncode == 0, done.stderr
+    done = _python(["-c", code])
     rows = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines()}
     assert rows["auto"][:2] == ["1", "True"] and rows["blocked"][:2] == ["1", "False"]
     for got, want in zip(rows["auto"][2:], rows["blocked"][2:], strict=True):
@@ -137,27 +139,12 @@ for impl in ("auto", "blocked"):
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64-v3 (AVX2) is an x86 target")
-def test_the_avx2_build_matches_xla(tmp_path):
+def test_the_avx2_build_matches_naive_and_xla(tmp_path):
     """The kernel's other vector width: built for x86-64-v3 (AVX2, the 8-float tiles; what a Zen 3 or older
-    Xeon builds natively) in a fresh cache, values and gradients against XLA's kernel."""
-    code = """
-import jax, jax.numpy as jnp
-from jaxformer.model import attention_kernels, cpu_attention
-assert cpu_attention.unavailable_reason() is None, cpu_attention.unavailable_reason()
-for causal, shape in ((True, (2, 150, 4, 2, 16)), (False, (2, 70, 3, 3, 24)), (True, (1, 64, 2, 1, 64))):
-    b, t, n, g, h = shape
-    keys = jax.random.split(jax.random.key(t), 4)
-    q, dout = jax.random.normal(keys[0], (b, t, n, h)), jax.random.normal(keys[3], (b, t, n, h))
-    k, v = jax.random.normal(keys[1], (b, t, g, h)), jax.random.normal(keys[2], (b, t, g, h))
-    got = jax.vjp(lambda *a: cpu_attention.attention(*a, causal), q, k, v)
-    want = jax.vjp(lambda *a: attention_kernels.attend(*a, impl="xla", causal=causal), q, k, v)
-    errs = [float(jnp.max(jnp.abs(x - y))) for x, y in zip((got[0], *got[1](dout)), (want[0], *want[1](dout)))]
-    print(max(errs))
-"""
-    env = {**os.environ, "JAXFORMER_KERNEL_MARCH": "x86-64-v3", "JAXFORMER_KERNEL_CACHE": str(tmp_path),
-           "XLA_FLAGS": "", "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    Xeon builds natively) in a fresh cache, then this file's value-and-gradient test over all its shapes."""
+    cases = len(test_values_and_gradients_match_naive_and_xla.pytestmark[0].args[1])
+    done = _python(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+                    f"{__file__}::test_values_and_gradients_match_naive_and_xla"],
+                   JAXFORMER_KERNEL_MARCH="x86-64-v3", JAXFORMER_KERNEL_CACHE=str(tmp_path))
+    assert f"{cases} passed" in done.stdout  # run, not skipped for want of a kernel
     assert len(list(tmp_path.glob("cpu_attention-*.so"))) == 1
-    errors = [float(line) for line in done.stdout.split()]
-    assert len(errors) == 3 and max(errors) < 5e-5

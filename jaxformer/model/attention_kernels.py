@@ -63,6 +63,11 @@ def resolve(impl: str, dtype: str, *, window: int = 0, segment_ids: bool = False
     return "blocked"
 
 
+def resolve_for(cfg) -> str:
+    """The kernel a run's (resolved) Config trains with, for the records benchmarks write."""
+    return resolve(cfg.model.attention_impl, cfg.model.dtype, window=cfg.model.window, segment_ids=cfg.data.packing)
+
+
 def keys_multiplied(t: int, *, causal: bool, impl: str) -> float:
     """Average number of keys per query whose products the kernel `impl` (resolved) computes in a window of t
     positions: `blocked` and `cpp` stop each causal query block at its last row; the others compute the full
