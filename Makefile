@@ -40,9 +40,8 @@ test: install-test  ## install and run the whole test suite (what CI runs)
 test-fast:  ## tests without the slow end-to-end ones
 	$(PY) -m pytest -q -m "not slow"
 
-lint:  ## ruff + duplicate check
+lint:  ## ruff over the package, tests, benchmarks and experiments
 	ruff check jaxformer tests benchmarks experiments
-	-command -v duplicates >/dev/null && duplicates
 
 train:  ## the README's main job: the default decoder on the built-in offline corpus
 	jaxformer train --preset decoder-tiny --workdir $(WORKDIR)/decoder-tiny

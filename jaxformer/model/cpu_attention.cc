@@ -177,8 +177,11 @@ void parallel_for(long tasks, long threads, Fn fn) {
 
 // K^T (or V^T) of one (batch row, KV head): out[h, j] = x[j, h].
 void transpose_rows(const float* x, long rows, long h, long ld, float* out) {
-  for (long j = 0; j < rows; ++j)
-    for (long c = 0; c < h; ++c) out[c * rows + j] = x[j * ld + c];
+  constexpr long TB = 16;  // 16 x 16 blocks: both the reads and the writes stay within a few cache lines
+  for (long j0 = 0; j0 < rows; j0 += TB)
+    for (long c0 = 0; c0 < h; c0 += TB)
+      for (long c = c0; c < std::min(c0 + TB, h); ++c)
+        for (long j = j0; j < std::min(j0 + TB, rows); ++j) out[c * rows + j] = x[j * ld + c];
 }
 
 void forward(const Shape& d, bool causal, long threads, const float* q, const float* k, const float* v, float* o,
@@ -188,7 +191,7 @@ void forward(const Shape& d, bool causal, long threads, const float* q, const fl
     const long bi = task / d.g, gi = task % d.g;
     const float* k0 = k + (bi * d.s * d.g + gi) * d.h;
     const float* v0 = v + (bi * d.s * d.g + gi) * d.h;
-    std::vector<float> kt(d.h * d.s), scores(BQ * d.s);
+    std::vector<float> kt(d.h * d.s), scores(BQ * d.s), inv_sum(BQ);
     transpose_rows(k0, d.s, d.h, d.k_row(), kt.data());
     for (long ri = 0; ri < d.r(); ++ri) {
       const long ni = gi * d.r() + ri;
@@ -201,12 +204,14 @@ void forward(const Shape& d, bool causal, long threads, const float* q, const fl
           const long len = causal ? q0 + i + 1 : keys;
           const float top = row_max(row, len) * scale;
           const float sum = exp_row(row, len, keys, scale, top);
-          const float inv = 1.0f / sum;
-          for (long j = 0; j < len; ++j) row[j] *= inv;
+          inv_sum[i] = 1.0f / sum;
           lse[(bi * d.n + ni) * d.t + q0 + i] = top + std::log(sum);
         }
-        gemm(rows, d.h, keys, scores.data(), keys, 1, v0, d.k_row(), o + ((bi * d.t + q0) * d.n + ni) * d.h,
-             d.q_row(), false);
+        // O = (E V) / rowsum(E): the division on the [rows, H] output instead of the [rows, keys] exponentials
+        float* ob = o + ((bi * d.t + q0) * d.n + ni) * d.h;
+        gemm(rows, d.h, keys, scores.data(), keys, 1, v0, d.k_row(), ob, d.q_row(), false);
+        for (long i = 0; i < rows; ++i)
+          for (long c = 0; c < d.h; ++c) ob[i * d.q_row() + c] *= inv_sum[i];
       }
     }
   });
