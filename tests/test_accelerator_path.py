@@ -11,7 +11,7 @@ from flax import nnx
 from jaxformer import objectives, train
 from jaxformer.config import validate
 from jaxformer.errors import UserError
-from jaxformer.model import attention_kernels, build_model
+from jaxformer.model import attention_kernels, build_model, cpu_attention
 from jaxformer.model.attention import attention_mask
 from tests.tiny import tiny_config
 
@@ -124,11 +124,12 @@ def test_train_step_loss_is_the_same_across_kernels(kind):
 
 def test_auto_picks_by_backend_and_masking(monkeypatch):
     resolve = attention_kernels.resolve
-    assert jax.device_count() > 1  # the tests' 8 CPU devices: the C++ kernel's operands would be gathered
-    assert resolve("auto", "float32", backend="cpu") == "blocked"
-    monkeypatch.setattr(jax, "device_count", lambda: 1)
     require_cpp_kernel()
+    assert jax.device_count() > 1  # the tests' 8 CPU devices: a sharded step runs the kernel per shard
     assert resolve("auto", "float32", backend="cpu") == resolve("auto", "auto", backend="cpu") == "cpp"
+    monkeypatch.setattr(cpu_attention, "unavailable_reason", lambda: "no C++ compiler found")
+    assert resolve("auto", "float32", backend="cpu") == "blocked"
+    monkeypatch.undo()
     for masking in (dict(window=8), dict(segment_ids=True)):
         assert resolve("auto", "float32", backend="cpu", **masking) == "blocked"
     assert resolve("auto", "bfloat16", backend="cpu") == "blocked"

@@ -65,19 +65,29 @@ def test_causal_needs_as_many_keys_as_queries():
     np.testing.assert_allclose(np.asarray(out), np.asarray(want), atol=2e-5)
 
 
-def test_sharded_inputs_give_the_unsharded_answer():
-    """Over 8 devices (batch and heads split) XLA gathers the custom call's operands: slower, but the same
-    values and gradients, so an explicit `cpp` on a multi-device mesh is never wrong."""
+@pytest.mark.parametrize("n,g", [(4, 4), (4, 2), (4, 1)])
+def test_a_sharded_step_runs_the_kernel_per_shard(n, g):
+    """Over 8 devices, batch over `data` and KV heads over `tensor` (MHA, GQA, MQA): each device runs the kernel
+    on its own shard (no all-gather in the compiled program; the per-head outputs stay split where the heads
+    are) and values and gradients equal one device's."""
     mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "tensor"))
-    sharding = NamedSharding(mesh, P("data", None, "tensor", None))
-    q, k, v, dout = (jax.device_put(x, sharding) for x in _inputs(8, 32, 4, 4, 16))
+    heads = "tensor" if g > 1 else None
+    q_sh = NamedSharding(mesh, P("data", None, heads, None))
+    kv_sh = NamedSharding(mesh, P("data", None, heads, None))
+    q, k, v, dout = _inputs(8, 32, n, g, 16)
 
-    def grads(q, k, v, dout):
-        return jax.vjp(lambda *a: cpu_attention.attention(*a, True), q, k, v)[1](dout)
+    def value_and_grads(q, k, v, dout):
+        out, vjp = jax.vjp(lambda *a: cpu_attention.attention(*a, True), q, k, v)
+        return out, vjp(dout)
 
-    sharded = jax.jit(grads, in_shardings=(sharding,) * 4, out_shardings=(sharding,) * 3)(q, k, v, dout)
-    local = jax.jit(grads)(*(jax.device_put(x, jax.devices()[0]) for x in (q, k, v, dout)))
-    for got, want in zip(sharded, local, strict=True):
+    sharded = jax.jit(value_and_grads, in_shardings=(q_sh, kv_sh, kv_sh, q_sh))
+    program = sharded.lower(q, k, v, dout).compile().as_text()
+    assert "all-gather" not in program and "all-to-all" not in program
+    assert program.count("jaxformer_attention_fwd") == 1 and program.count("jaxformer_attention_bwd") == 1
+    out, grads = sharded(q, k, v, dout)
+    assert out.sharding.is_equivalent_to(q_sh, out.ndim)  # stays split: nothing was gathered
+    want_out, want_grads = jax.jit(value_and_grads)(*(jax.device_put(x, jax.devices()[0]) for x in (q, k, v, dout)))
+    for got, want in zip((out, *grads), (want_out, *want_grads), strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
 
 

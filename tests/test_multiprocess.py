@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jaxformer.model import cpu_attention
+
 WORKER = Path(__file__).with_name("multiprocess_worker.py")
 
 
@@ -47,6 +49,9 @@ def test_two_processes_match_one_process(tmp_path):
     single = subprocess.run([sys.executable, str(WORKER), str(tmp_path / "single"), str(tmp_path / "single.npz")],
                             env=_env(4), capture_output=True, text=True, timeout=240)
     assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
+    # both ran the C++ attention kernel (split per device by its sharding rules), where the compiler is there
+    kernel = "blocked" if cpu_attention.unavailable_reason() else "cpp"
+    assert all(f"attention kernel: {kernel}" in out for out in (*logs, single.stdout))
     multi, one = np.load(tmp_path / "multi.npz"), np.load(tmp_path / "single.npz")
     assert set(multi.files) == set(one.files)
     for key in multi.files:

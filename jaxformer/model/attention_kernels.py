@@ -17,8 +17,8 @@
 - `pallas`: a Pallas flash-attention kernel from jax's own Pallas ops: the Triton kernel on GPUs, the Mosaic
   kernel on TPUs, and the GPU kernel in interpret mode on CPU (slow; there for numerics tests only).
 - `auto` (default): `cudnn` on a GPU when the compute dtype is half precision (cuDNN's flash path needs it),
-  `pallas` on a TPU, `cpp` on a CPU where it can run (float32, no window or packing, one device: sharded, XLA
-  would gather its operands onto every device; and a C++ compiler), else `blocked`; `xla` otherwise.
+  `pallas` on a TPU, `cpp` on a CPU where it can run (float32, no window or packing, and a C++ compiler; a
+  sharded step runs it on each device's shard of batch rows and KV heads), else `blocked`; `xla` otherwise.
   `jax.nn.dot_product_attention`'s own default (`implementation=None`) picks XLA in this JAX version, so without
   this setting nothing would run a flash kernel.
 
@@ -57,8 +57,7 @@ def resolve(impl: str, dtype: str, *, window: int = 0, segment_ids: bool = False
         return "pallas"
     if backend != "cpu":
         return "xla"
-    if (dtype not in HALF and not window and not segment_ids and jax.device_count() == 1
-            and cpu_attention.unavailable_reason() is None):
+    if dtype not in HALF and not window and not segment_ids and cpu_attention.unavailable_reason() is None:
         return "cpp"
     return "blocked"
 

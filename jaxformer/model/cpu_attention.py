@@ -7,9 +7,11 @@ and the compiler flags. It is registered with XLA as
 two FFI targets (forward, backward) and differentiated here with `jax.custom_vjp`; the forward saves each row's
 log-sum-exp so the backward recomputes the probabilities instead of storing them.
 
-Float32 only, no sliding window and no packed-document mask: `auto` picks it on a single-device CPU run when
-those hold and the compiler is there (`attention_kernels.resolve`); naming it explicitly where it cannot run is
-one clear error.
+Under a sharded jit both calls are split with `custom_partitioning`: each device runs the kernel on its own
+batch rows and KV heads (no collective), its threads sharing the process's cores with the other local devices'.
+
+Float32 only, no sliding window and no packed-document mask: `auto` picks it on a CPU when those hold and the
+compiler is there (`attention_kernels.resolve`); naming it explicitly where it cannot run is one clear error.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.custom_partitioning import custom_partitioning
 
 SOURCE = Path(__file__).with_name("cpu_attention.cc")
 TARGETS = {"fwd": "JaxformerAttentionForward", "bwd": "JaxformerAttentionBackward"}
@@ -93,21 +96,80 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def threads() -> int:
-    """The cores this process may use: the kernel's tasks are spread over all of them."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def threads(devices: int = 1) -> int:
+    """Threads for one kernel call: the cores this process may use, shared between the `devices` calls that run
+    at once (one per local device of a sharded step)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // devices)
 
 
-def _attrs(causal: bool) -> dict:
-    return {"causal": np.int64(causal), "threads": np.int64(threads())}
+def _attrs(causal: bool, devices: int) -> dict:
+    return {"causal": np.int64(causal), "threads": np.int64(threads(devices))}
 
 
-def _forward(q, k, v, causal):
+def _forward_call(q, k, v, causal, devices=1):
     b, t, n, _ = q.shape
-    out, lse = jax.ffi.ffi_call("jaxformer_attention_fwd", (jax.ShapeDtypeStruct(q.shape, jnp.float32),
-                                                           jax.ShapeDtypeStruct((b, n, t), jnp.float32)))(
-        q, k, v, **_attrs(causal))
-    return out, lse
+    return jax.ffi.ffi_call("jaxformer_attention_fwd", (jax.ShapeDtypeStruct(q.shape, jnp.float32),
+                                                       jax.ShapeDtypeStruct((b, n, t), jnp.float32)))(
+        q, k, v, **_attrs(causal, devices))
+
+
+def _backward_call(q, k, v, out, lse, dout, causal, devices=1):
+    shapes = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (q, k, v))
+    return tuple(jax.ffi.ffi_call("jaxformer_attention_bwd", shapes)(q, k, v, out, lse, dout,
+                                                                      **_attrs(causal, devices)))
+
+
+# How a sharded step splits the two calls (Shardy rules): every (batch row, KV head) is independent, so batch and
+# KV heads may be sharded and each device runs the kernel on its own shard, with no collective. A query head
+# belongs to its KV head's group (N = G x R, query head i reads KV head i // R), so only G, never R, is split;
+# positions, keys and the head dimension stay whole. Without this XLA gathers every operand onto every device.
+_FWD_RULE = "b t {q} h, b s g h, b s g h -> b t {q} h, b {q} t"
+_BWD_RULE = "b t {q} h, b s g h, b s g h, b t {q} h, b {q} t, b t {q} h -> b t {q} h, b s g h, b s g h"
+
+
+def _rule(template: str):
+    def rule(causal, mesh, operand_types, result_types):
+        n, g = operand_types[0].shape[2], operand_types[1].shape[2]
+        if g == n:  # MHA: query head i reads KV head i
+            return template.format(q="g"), {"need_replication_factors": ("t", "h", "s")}
+        # factors listed in their order of first appearance, as Shardy requires
+        replicated = {"need_replication_factors": ("t", "r", "h", "s")}
+        if g == 1:  # MQA: Shardy takes no size-1 factor inside a compound one, so the query heads are r alone
+            return template.format(q="r"), replicated
+        return template.format(q="(g r)"), {**replicated, "r": n // g}
+    return rule
+
+
+def _local_devices(mesh) -> int:
+    """How many of the mesh's devices belong to this process: the kernel calls that share its cores."""
+    devices = getattr(mesh, "devices", None)
+    if devices is None:
+        return jax.local_device_count()
+    return max(1, sum(d.process_index == jax.process_index() for d in np.asarray(devices).flat))
+
+
+def _per_shard(call):
+    def partition(causal, mesh, arg_shapes, result_shape):
+        devices = _local_devices(mesh)
+        arg_shardings = tuple(a.sharding for a in arg_shapes)
+        result_shardings = tuple(r.sharding for r in result_shape)
+        return mesh, lambda *args: call(*args, causal, devices), result_shardings, arg_shardings
+    return partition
+
+
+@functools.partial(custom_partitioning, static_argnums=(3,))
+def _forward(q, k, v, causal):
+    return _forward_call(q, k, v, causal)
+
+
+@functools.partial(custom_partitioning, static_argnums=(6,))
+def _backward(q, k, v, out, lse, dout, causal):
+    return _backward_call(q, k, v, out, lse, dout, causal)
+
+
+_forward.def_partition(_per_shard(_forward_call), sharding_rule=_rule(_FWD_RULE))
+_backward.def_partition(_per_shard(_backward_call), sharding_rule=_rule(_BWD_RULE))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -122,9 +184,7 @@ def _attention_fwd(q, k, v, causal):
 
 
 def _attention_bwd(causal, residuals, dout):
-    q, k, v, out, lse = residuals
-    shapes = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (q, k, v))
-    return tuple(jax.ffi.ffi_call("jaxformer_attention_bwd", shapes)(q, k, v, out, lse, dout, **_attrs(causal)))
+    return _backward(*residuals, dout, causal)
 
 
 attention.defvjp(_attention_fwd, _attention_bwd)
