@@ -173,8 +173,8 @@ def count(cfg: config_lib.Config) -> dict:
     impl = "xla" if m.attention_impl == "auto" else m.attention_impl
     for layer in range(m.n_layer):
         # q.k over the keys, then the weighted sum of values: 2 x 2 x d_attn FLOPs per (query, key) pair.
-        executed["attention.scores"] += 4 * d_attn * attention_kernels.keys_multiplied(t, causal=objective.causal,
-                                                                                      impl=impl)
+        executed["attention.scores"] += 4 * d_attn * attention_kernels.keys_multiplied(
+            t, causal=objective.causal, impl=impl, window=layer_window(m, layer))
         ideal["attention.scores"] += 4 * d_attn * _visible_keys(t, objective.causal, layer_window(m, layer))
         if layer_is_moe(m, layer):
             e, c, k, d = m.n_experts, capacity, m.moe_top_k, m.d_model

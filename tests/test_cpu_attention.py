@@ -41,25 +41,30 @@ def _inputs(b, t, n, g, h, seed=0):
 
 
 # T = 150: two whole 64-row query blocks and a ragged one; H = 24 and 8: columns off the 16/8-float vector
-# width (the scalar tail of the products); H = 64: whole register tiles; G = 1, 2 and N: MQA, GQA, MHA.
-@pytest.mark.parametrize("causal,b,t,n,g,h", [(True, 2, 150, 4, 2, 16), (False, 2, 150, 4, 4, 24),
-                                              (True, 1, 70, 3, 1, 64), (False, 3, 9, 2, 1, 8),
-                                              (True, 2, 130, 4, 4, 40)])
-def test_values_and_gradients_match_naive_and_xla(causal, b, t, n, g, h):
+# width (the scalar tail of the products); H = 64: whole register tiles; G = 1, 2 and N: MQA, GQA, MHA. Sliding
+# windows: crossing block edges (40, 24: blocks start and stop mid-row), wider than the sequence (100).
+@pytest.mark.parametrize("causal,b,t,n,g,h,window", [(True, 2, 150, 4, 2, 16, 0), (False, 2, 150, 4, 4, 24, 0),
+                                                     (True, 1, 70, 3, 1, 64, 0), (False, 3, 9, 2, 1, 8, 0),
+                                                     (True, 2, 130, 4, 4, 40, 0), (True, 2, 150, 4, 2, 16, 40),
+                                                     (False, 2, 150, 2, 1, 24, 24), (False, 1, 70, 2, 2, 64, 100)])
+def test_values_and_gradients_match_naive_and_xla(causal, b, t, n, g, h, window):
     q, k, v, dout = _inputs(b, t, n, g, h)
-    run = jax.jit(lambda q, k, v: jax.vjp(lambda *a: attention_kernels.attend(*a, impl="cpp", causal=causal),
-                                          q, k, v))
-    out, vjp = run(q, k, v)
-    np.testing.assert_allclose(np.asarray(out), _naive(q, k, v, causal=causal), atol=2e-5, rtol=2e-5)
-    want = jax.vjp(lambda *a: attention_kernels.attend(*a, impl="xla", causal=causal), q, k, v)[1](dout)
+
+    def attend(impl):
+        return lambda *a: attention_kernels.attend(*a, impl=impl, causal=causal, window=window)
+
+    out, vjp = jax.jit(lambda q, k, v: jax.vjp(attend("cpp"), q, k, v))(q, k, v)
+    np.testing.assert_allclose(np.asarray(out), _naive(q, k, v, causal=causal, window=window), atol=2e-5, rtol=2e-5)
+    want = jax.vjp(attend("xla"), q, k, v)[1](dout)
     for got, ref in zip(vjp(dout), want, strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=5e-5, rtol=5e-5)
 
 
-def test_causal_needs_as_many_keys_as_queries():
+def test_causal_or_windowed_needs_as_many_keys_as_queries():
     q, k, v, _ = _inputs(1, 8, 2, 2, 16)
-    with pytest.raises(UserError, match="as many keys as queries"):
-        attention_kernels.attend(q, k[:, :6], v[:, :6], impl="cpp", causal=True)
+    for causal, window in ((True, 0), (False, 4)):
+        with pytest.raises(UserError, match="as many keys as queries"):
+            attention_kernels.attend(q, k[:, :6], v[:, :6], impl="cpp", causal=causal, window=window)
     out = attention_kernels.attend(q, k[:, :6], v[:, :6], impl="cpp", causal=False)  # bidirectional: any S
     want = attention_kernels.attend(q, k[:, :6], v[:, :6], impl="xla", causal=False)
     np.testing.assert_allclose(np.asarray(out), np.asarray(want), atol=2e-5)
@@ -89,6 +94,26 @@ def test_a_sharded_step_runs_the_kernel_per_shard(n, g):
     want_out, want_grads = jax.jit(value_and_grads)(*(jax.device_put(x, jax.devices()[0]) for x in (q, k, v, dout)))
     for got, want in zip((out, *grads), (want_out, *want_grads), strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+
+
+@pytest.mark.parametrize("causal,window", [(True, 0), (True, 40), (False, 24), (False, 0), (False, 300)])
+def test_the_flop_count_follows_the_keys_each_block_reads(causal, window):
+    """`keys_multiplied` (jaxformer params' executed FLOPs) against the blocks read off the naive mask: each
+    64-row block multiplies the keys from the first to the last one any of its rows sees, widened to whole
+    multiples of 64 keys."""
+    t = 150
+    i = np.arange(t)
+    visible = np.ones((t, t), bool)
+    if causal:
+        visible &= i[None, :] <= i[:, None]
+    if window:
+        visible &= np.abs(i[:, None] - i[None, :]) < window
+    keys = 0
+    for start in range(0, t, attention_kernels.BLOCK):
+        cols = np.flatnonzero(visible[start:start + attention_kernels.BLOCK].any(axis=0))
+        lo, hi = cols.min() // 64 * 64, min(t, -(-(cols.max() + 1) // 64) * 64)
+        keys += min(attention_kernels.BLOCK, t - start) * (hi - lo)
+    assert attention_kernels.keys_multiplied(t, causal=causal, impl="cpp", window=window) == keys / t
 
 
 def test_the_library_is_cached_per_source_and_cpu():

@@ -12,12 +12,13 @@
   use: one task per (batch row, KV head), spread over all cores, each query block's scores -> softmax -> P V kept
   in cache, the backward recomputing the probabilities from the saved log-sum-exp. XLA:CPU runs the `blocked`
   kernel's batched products on one core; on a 2-core CPU attention forward + backward (B 16, T 256, 6 heads of
-  64) ran 1.2-1.4x (bidirectional) and 1.6x (causal) faster than `blocked`. Float32, no window, no packing.
+  64) ran 1.2-1.4x (bidirectional) and 1.6x (causal) faster than `blocked`. Float32, no packing; with a
+  sliding window each query block reads only the keys within reach.
 - `cudnn`: the same call with `implementation="cudnn"`: cuDNN's fused flash attention (NVIDIA GPUs, bf16/fp16).
 - `pallas`: a Pallas flash-attention kernel from jax's own Pallas ops: the Triton kernel on GPUs, the Mosaic
   kernel on TPUs, and the GPU kernel in interpret mode on CPU (slow; there for numerics tests only).
 - `auto` (default): `cudnn` on a GPU when the compute dtype is half precision (cuDNN's flash path needs it),
-  `pallas` on a TPU, `cpp` on a CPU where it can run (float32, no window or packing, and a C++ compiler; a
+  `pallas` on a TPU, `cpp` on a CPU where it can run (float32, no packing, and a C++ compiler; a
   sharded step runs it on each device's shard of batch rows and KV heads), else `blocked`; `xla` otherwise.
   `jax.nn.dot_product_attention`'s own default (`implementation=None`) picks XLA in this JAX version, so without
   this setting nothing would run a flash kernel.
@@ -57,7 +58,7 @@ def resolve(impl: str, dtype: str, *, window: int = 0, segment_ids: bool = False
         return "pallas"
     if backend != "cpu":
         return "xla"
-    if dtype not in HALF and not window and not segment_ids and cpu_attention.unavailable_reason() is None:
+    if dtype not in HALF and not segment_ids and cpu_attention.unavailable_reason() is None:
         return "cpp"
     return "blocked"
 
@@ -67,21 +68,30 @@ def resolve_for(cfg) -> str:
     return resolve(cfg.model.attention_impl, cfg.model.dtype, window=cfg.model.window, segment_ids=cfg.data.packing)
 
 
-def keys_multiplied(t: int, *, causal: bool, impl: str) -> float:
+def keys_multiplied(t: int, *, causal: bool, impl: str, window: int = 0) -> float:
     """Average number of keys per query whose products the kernel `impl` (resolved) computes in a window of t
-    positions: `blocked` and `cpp` stop each causal query block at its last row; the others compute the full
-    square (the fused kernels skip masked tiles too, but by their own tiling, so T stays their upper bound)."""
-    if impl not in ("blocked", "cpp") or not causal:
+    positions: `blocked` and `cpp` stop each causal query block at its last row, and in a sliding `window`
+    `cpp` reads only the keys some row of the block sees, widened to whole multiples of BLOCK keys; the others
+    compute the full square (the fused kernels skip masked tiles too, but by their own tiling, so T stays their
+    upper bound)."""
+    window = window if impl == "cpp" else 0
+    if impl not in ("blocked", "cpp") or not (causal or window):
         return float(t)
-    return sum((stop - start) * stop for start in range(0, t, BLOCK) for stop in [min(start + BLOCK, t)]) / t
+    total = 0
+    for start in range(0, t, BLOCK):
+        stop = min(start + BLOCK, t)
+        first = max(0, start - window + 1) if window else 0
+        last = stop if causal else min(t, stop - 1 + window)
+        total += (stop - start) * (min(t, -(-last // BLOCK) * BLOCK) - first // BLOCK * BLOCK)
+    return total / t
 
 
 def check(impl: str, *, window: int, segment_ids: bool, dtype: str = "float32") -> None:
     """One sentence when `impl` cannot express the masking or dtype a run asks for (config validation)."""
-    if impl == "cpp" and (window or segment_ids or dtype in HALF):
-        asked = "model.window" if window else "data.packing=true" if segment_ids else f"model.dtype={dtype}"
-        raise UserError(f"model.attention_impl=cpp computes float32 attention without a sliding window or packed "
-                        f"documents, and this run sets {asked}; use auto or blocked.")
+    if impl == "cpp" and (segment_ids or dtype in HALF):
+        asked = "data.packing=true" if segment_ids else f"model.dtype={dtype}"
+        raise UserError(f"model.attention_impl=cpp computes float32 attention without packed documents, and this "
+                        f"run sets {asked}; use auto or blocked.")
     if impl == "cudnn" and segment_ids:
         raise UserError("model.attention_impl=cudnn cannot keep packed documents apart in this JAX version "
                         "(data.packing=true); use auto, xla or pallas.")
@@ -116,12 +126,12 @@ def _cpp(q_BxTxNxH, k_BxSxGxH, v_BxSxGxH, *, causal, window, mask):
         raise UserError(f"model.attention_impl=cpp runs on CPUs (this backend is {jax.default_backend()}); "
                         f"use auto.")
     check("cpp", window=window, segment_ids=mask is not None, dtype=str(q_BxTxNxH.dtype))
-    if causal and k_BxSxGxH.shape[1] != q_BxTxNxH.shape[1]:
-        raise UserError(f"model.attention_impl=cpp takes causal attention over as many keys as queries (training), "
-                        f"got {q_BxTxNxH.shape[1]} queries and {k_BxSxGxH.shape[1]} keys; use xla.")
+    if (causal or window) and k_BxSxGxH.shape[1] != q_BxTxNxH.shape[1]:
+        raise UserError(f"model.attention_impl=cpp takes causal or windowed attention over as many keys as queries "
+                        f"(training), got {q_BxTxNxH.shape[1]} queries and {k_BxSxGxH.shape[1]} keys; use xla.")
     if (reason := cpu_attention.unavailable_reason()) is not None:
         raise UserError(f"model.attention_impl=cpp could not build its kernel ({reason}); use auto or blocked.")
-    return cpu_attention.attention(q_BxTxNxH, k_BxSxGxH, v_BxSxGxH, causal)
+    return cpu_attention.attention(q_BxTxNxH, k_BxSxGxH, v_BxSxGxH, causal, window)
 
 
 def _blocked(q_BxTxNxH, k_BxSxGxH, v_BxSxGxH, *, causal, window, mask):

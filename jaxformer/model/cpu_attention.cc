@@ -8,7 +8,8 @@
 //
 // Layouts are the model's own: q, o, dq [B, T, N, H]; k, v, dk, dv [B, S, G, H] (N = G x R query heads, query
 // head n reads KV head n / R); lse [B, N, T] (log-sum-exp of each row's scaled scores, saved for the backward).
-// Causal attention needs S == T (training); the Python side checks.
+// Query i sees key j when j <= i (causal) and |i - j| < window (a sliding window; 0 = none), the masks of the
+// model's `blocked` XLA kernel. Causal or windowed attention needs S == T (training); the Python side checks.
 
 #include <algorithm>
 #include <atomic>
@@ -158,8 +159,24 @@ struct Shape {
 
 constexpr long BQ = 64;  // query rows per block: a block's scores (BQ x S floats) stay in L2 up to S of a few 1000
 
-// Keys a query block reads: causal blocks stop at their last row, as the model's `blocked` XLA kernel does.
-long block_keys(const Shape& d, long q0, long rows, bool causal) { return causal ? q0 + rows : d.s; }
+struct Keys {
+  long lo, hi;  // the keys [lo, hi) a query row (or a block of rows) reads
+  long size() const { return hi - lo; }
+};
+
+Keys row_keys(const Shape& d, long qi, bool causal, long window) {
+  return {window ? std::max(0L, qi - window + 1) : 0L,
+          causal ? qi + 1 : window ? std::min(d.s, qi + window) : d.s};
+}
+
+// The keys a query block reads: from its first row's first key to its last row's last one, so causal blocks
+// stop at their last row (as the `blocked` XLA kernel does) and windowed blocks skip the keys out of reach;
+// widened to multiples of BQ keys (within S) so the products run on whole register-tile panels (a ragged
+// width left the scalar column loop a third of a windowed call); the extra keys get P = 0 like any masked one.
+Keys block_keys(const Shape& d, long q0, long rows, bool causal, long window) {
+  const long lo = row_keys(d, q0, causal, window).lo, hi = row_keys(d, q0 + rows - 1, causal, window).hi;
+  return {lo - lo % BQ, std::min(d.s, (hi + BQ - 1) / BQ * BQ)};
+}
 
 // Runs fn(task) for task in [0, tasks) on `threads` threads (this one included).
 template <typename Fn>
@@ -184,8 +201,8 @@ void transpose_rows(const float* x, long rows, long h, long ld, float* out) {
         for (long j = j0; j < std::min(j0 + TB, rows); ++j) out[c * rows + j] = x[j * ld + c];
 }
 
-void forward(const Shape& d, bool causal, long threads, const float* q, const float* k, const float* v, float* o,
-             float* lse) {
+void forward(const Shape& d, bool causal, long window, long threads, const float* q, const float* k, const float* v,
+             float* o, float* lse) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(d.h));
   parallel_for(d.b * d.g, threads, [&](long task) {
     const long bi = task / d.g, gi = task % d.g;
@@ -196,20 +213,24 @@ void forward(const Shape& d, bool causal, long threads, const float* q, const fl
     for (long ri = 0; ri < d.r(); ++ri) {
       const long ni = gi * d.r() + ri;
       for (long q0 = 0; q0 < d.t; q0 += BQ) {
-        const long rows = std::min(BQ, d.t - q0), keys = block_keys(d, q0, rows, causal);
+        const long rows = std::min(BQ, d.t - q0);
+        const Keys kb = block_keys(d, q0, rows, causal, window);
+        const long keys = kb.size();
         const float* qb = q + ((bi * d.t + q0) * d.n + ni) * d.h;
-        gemm(rows, keys, d.h, qb, d.q_row(), 1, kt.data(), d.s, scores.data(), keys, false);
+        gemm(rows, keys, d.h, qb, d.q_row(), 1, kt.data() + kb.lo, d.s, scores.data(), keys, false);
         for (long i = 0; i < rows; ++i) {
+          const Keys kr = row_keys(d, q0 + i, causal, window);
+          const long first = kr.lo - kb.lo;  // this row reads the block's keys [first, first + kr.size())
           float* row = scores.data() + i * keys;
-          const long len = causal ? q0 + i + 1 : keys;
-          const float top = row_max(row, len) * scale;
-          const float sum = exp_row(row, len, keys, scale, top);
+          std::fill(row, row + first, 0.0f);
+          const float top = row_max(row + first, kr.size()) * scale;
+          const float sum = exp_row(row + first, kr.size(), keys - first, scale, top);
           inv_sum[i] = 1.0f / sum;
           lse[(bi * d.n + ni) * d.t + q0 + i] = top + std::log(sum);
         }
         // O = (E V) / rowsum(E): the division on the [rows, H] output instead of the [rows, keys] exponentials
         float* ob = o + ((bi * d.t + q0) * d.n + ni) * d.h;
-        gemm(rows, d.h, keys, scores.data(), keys, 1, v0, d.k_row(), ob, d.q_row(), false);
+        gemm(rows, d.h, keys, scores.data(), keys, 1, v0 + kb.lo * d.k_row(), d.k_row(), ob, d.q_row(), false);
         for (long i = 0; i < rows; ++i)
           for (long c = 0; c < d.h; ++c) ob[i * d.q_row() + c] *= inv_sum[i];
       }
@@ -217,7 +238,7 @@ void forward(const Shape& d, bool causal, long threads, const float* q, const fl
   });
 }
 
-void backward(const Shape& d, bool causal, long threads, const float* q, const float* k, const float* v,
+void backward(const Shape& d, bool causal, long window, long threads, const float* q, const float* k, const float* v,
               const float* o, const float* lse, const float* dout, float* dq, float* dk, float* dv) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(d.h));
   parallel_for(d.b * d.g, threads, [&](long task) {
@@ -230,23 +251,28 @@ void backward(const Shape& d, bool causal, long threads, const float* q, const f
     for (long ri = 0; ri < d.r(); ++ri) {
       const long ni = gi * d.r() + ri;
       for (long q0 = 0; q0 < d.t; q0 += BQ) {
-        const long rows = std::min(BQ, d.t - q0), keys = block_keys(d, q0, rows, causal);
+        const long rows = std::min(BQ, d.t - q0);
+        const Keys kb = block_keys(d, q0, rows, causal, window);
+        const long keys = kb.size();
         const long row_off = ((bi * d.t + q0) * d.n + ni) * d.h;
         const float *qb = q + row_off, *ob = o + row_off, *db = dout + row_off;
-        gemm(rows, keys, d.h, qb, d.q_row(), 1, kt.data(), d.s, probs.data(), keys, false);
-        gemm(rows, keys, d.h, db, d.q_row(), 1, vt.data(), d.s, dprobs.data(), keys, false);
+        gemm(rows, keys, d.h, qb, d.q_row(), 1, kt.data() + kb.lo, d.s, probs.data(), keys, false);
+        gemm(rows, keys, d.h, db, d.q_row(), 1, vt.data() + kb.lo, d.s, dprobs.data(), keys, false);
         for (long i = 0; i < rows; ++i) {
           float *p = probs.data() + i * keys, *dp = dprobs.data() + i * keys;
-          const long len = causal ? q0 + i + 1 : keys;
-          exp_row(p, len, keys, scale, lse[(bi * d.n + ni) * d.t + q0 + i]);
+          const Keys kr = row_keys(d, q0 + i, causal, window);
+          const long first = kr.lo - kb.lo;
+          std::fill(p, p + first, 0.0f);  // keys out of the row's reach: P = 0, so dS = 0 there too
+          exp_row(p + first, kr.size(), keys - first, scale, lse[(bi * d.n + ni) * d.t + q0 + i]);
           float delta = 0.0f;  // sum_h dO[i, h] O[i, h] = sum_j P[i, j] dP[i, j]
           for (long c = 0; c < d.h; ++c) delta += db[i * d.q_row() + c] * ob[i * d.q_row() + c];
           // dS = P (dP - delta), times the score scale so that dQ = dS K and dK = dS^T Q directly.
           for (long j = 0; j < keys; ++j) dp[j] = scale * p[j] * (dp[j] - delta);
         }
-        gemm(keys, d.h, rows, probs.data(), 1, keys, db, d.q_row(), dv_acc.data(), d.h, true);
-        gemm(keys, d.h, rows, dprobs.data(), 1, keys, qb, d.q_row(), dk_acc.data(), d.h, true);
-        gemm(rows, d.h, keys, dprobs.data(), keys, 1, k + kv_off, d.k_row(), dq + row_off, d.q_row(), false);
+        gemm(keys, d.h, rows, probs.data(), 1, keys, db, d.q_row(), dv_acc.data() + kb.lo * d.h, d.h, true);
+        gemm(keys, d.h, rows, dprobs.data(), 1, keys, qb, d.q_row(), dk_acc.data() + kb.lo * d.h, d.h, true);
+        gemm(rows, d.h, keys, dprobs.data(), keys, 1, k + kv_off + kb.lo * d.k_row(), d.k_row(), dq + row_off,
+             d.q_row(), false);
       }
     }
     for (long j = 0; j < d.s; ++j) {
@@ -261,28 +287,30 @@ Shape shape_of(ffi::Buffer<ffi::F32>& q, ffi::Buffer<ffi::F32>& k) {
   return Shape{qd[0], qd[1], qd[2], qd[3], kd[1], kd[2]};
 }
 
-ffi::Error check(const Shape& d, bool causal) {
+ffi::Error check(const Shape& d, bool causal, long window) {
   if (d.g <= 0 || d.n % d.g != 0) return ffi::Error::InvalidArgument("query heads must be a multiple of KV heads");
-  if (causal && d.s != d.t) return ffi::Error::InvalidArgument("causal attention needs as many keys as queries");
+  if ((causal || window) && d.s != d.t)
+    return ffi::Error::InvalidArgument("causal or windowed attention needs as many keys as queries");
+  if (window < 0) return ffi::Error::InvalidArgument("the window must not be negative");
   return ffi::Error::Success();
 }
 
 ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
                        ffi::ResultBuffer<ffi::F32> o, ffi::ResultBuffer<ffi::F32> lse, int64_t causal,
-                       int64_t threads) {
+                       int64_t window, int64_t threads) {
   Shape d = shape_of(q, k);
-  if (auto err = check(d, causal); err.failure()) return err;
-  forward(d, causal, threads, q.typed_data(), k.typed_data(), v.typed_data(), o->typed_data(), lse->typed_data());
+  if (auto err = check(d, causal, window); err.failure()) return err;
+  forward(d, causal, window, threads, q.typed_data(), k.typed_data(), v.typed_data(), o->typed_data(), lse->typed_data());
   return ffi::Error::Success();
 }
 
 ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
                         ffi::Buffer<ffi::F32> o, ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout,
                         ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk,
-                        ffi::ResultBuffer<ffi::F32> dv, int64_t causal, int64_t threads) {
+                        ffi::ResultBuffer<ffi::F32> dv, int64_t causal, int64_t window, int64_t threads) {
   Shape d = shape_of(q, k);
-  if (auto err = check(d, causal); err.failure()) return err;
-  backward(d, causal, threads, q.typed_data(), k.typed_data(), v.typed_data(), o.typed_data(), lse.typed_data(),
+  if (auto err = check(d, causal, window); err.failure()) return err;
+  backward(d, causal, window, threads, q.typed_data(), k.typed_data(), v.typed_data(), o.typed_data(), lse.typed_data(),
            dout.typed_data(), dq->typed_data(), dk->typed_data(), dv->typed_data());
   return ffi::Error::Success();
 }
@@ -297,6 +325,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxformerAttentionForward, ForwardImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("causal")
+                                  .Attr<int64_t>("window")
                                   .Attr<int64_t>("threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxformerAttentionBackward, BackwardImpl,
@@ -311,4 +340,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxformerAttentionBackward, BackwardImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("causal")
+                                  .Attr<int64_t>("window")
                                   .Attr<int64_t>("threads"));

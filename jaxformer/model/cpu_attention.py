@@ -10,8 +10,9 @@ log-sum-exp so the backward recomputes the probabilities instead of storing them
 Under a sharded jit both calls are split with `custom_partitioning`: each device runs the kernel on its own
 batch rows and KV heads (no collective), its threads sharing the process's cores with the other local devices'.
 
-Float32 only, no sliding window and no packed-document mask: `auto` picks it on a CPU when those hold and the
-compiler is there (`attention_kernels.resolve`); naming it explicitly where it cannot run is one clear error.
+Float32 only, and no packed-document mask (a sliding window is fine: blocks skip the keys out of reach):
+`auto` picks it on a CPU when those hold and the compiler is there (`attention_kernels.resolve`); naming it
+explicitly where it cannot run is one clear error.
 """
 
 from __future__ import annotations
@@ -103,21 +104,21 @@ def threads(devices: int = 1) -> int:
     return max(1, cores // devices)
 
 
-def _attrs(causal: bool, devices: int) -> dict:
-    return {"causal": np.int64(causal), "threads": np.int64(threads(devices))}
+def _attrs(causal: bool, window: int, devices: int) -> dict:
+    return {"causal": np.int64(causal), "window": np.int64(window), "threads": np.int64(threads(devices))}
 
 
-def _forward_call(q, k, v, causal, devices=1):
+def _forward_call(q, k, v, causal, window, devices=1):
     b, t, n, _ = q.shape
     return jax.ffi.ffi_call("jaxformer_attention_fwd", (jax.ShapeDtypeStruct(q.shape, jnp.float32),
                                                        jax.ShapeDtypeStruct((b, n, t), jnp.float32)))(
-        q, k, v, **_attrs(causal, devices))
+        q, k, v, **_attrs(causal, window, devices))
 
 
-def _backward_call(q, k, v, out, lse, dout, causal, devices=1):
+def _backward_call(q, k, v, out, lse, dout, causal, window, devices=1):
     shapes = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (q, k, v))
     return tuple(jax.ffi.ffi_call("jaxformer_attention_bwd", shapes)(q, k, v, out, lse, dout,
-                                                                      **_attrs(causal, devices)))
+                                                                      **_attrs(causal, window, devices)))
 
 
 # How a sharded step splits the two calls (Shardy rules): every (batch row, KV head) is independent, so batch and
@@ -129,7 +130,7 @@ _BWD_RULE = "b t {q} h, b s g h, b s g h, b t {q} h, b {q} t, b t {q} h -> b t {
 
 
 def _rule(template: str):
-    def rule(causal, mesh, operand_types, result_types):
+    def rule(causal, window, mesh, operand_types, result_types):
         n, g = operand_types[0].shape[2], operand_types[1].shape[2]
         if g == n:  # MHA: query head i reads KV head i
             return template.format(q="g"), {"need_replication_factors": ("t", "h", "s")}
@@ -150,41 +151,43 @@ def _local_devices(mesh) -> int:
 
 
 def _per_shard(call):
-    def partition(causal, mesh, arg_shapes, result_shape):
+    def partition(causal, window, mesh, arg_shapes, result_shape):
         devices = _local_devices(mesh)
         arg_shardings = tuple(a.sharding for a in arg_shapes)
         result_shardings = tuple(r.sharding for r in result_shape)
-        return mesh, lambda *args: call(*args, causal, devices), result_shardings, arg_shardings
+        return mesh, lambda *args: call(*args, causal, window, devices), result_shardings, arg_shardings
     return partition
 
 
-@functools.partial(custom_partitioning, static_argnums=(3,))
-def _forward(q, k, v, causal):
-    return _forward_call(q, k, v, causal)
+@functools.partial(custom_partitioning, static_argnums=(3, 4))
+def _forward(q, k, v, causal, window):
+    return _forward_call(q, k, v, causal, window)
 
 
-@functools.partial(custom_partitioning, static_argnums=(6,))
-def _backward(q, k, v, out, lse, dout, causal):
-    return _backward_call(q, k, v, out, lse, dout, causal)
+@functools.partial(custom_partitioning, static_argnums=(6, 7))
+def _backward(q, k, v, out, lse, dout, causal, window):
+    return _backward_call(q, k, v, out, lse, dout, causal, window)
 
 
 _forward.def_partition(_per_shard(_forward_call), sharding_rule=_rule(_FWD_RULE))
 _backward.def_partition(_per_shard(_backward_call), sharding_rule=_rule(_BWD_RULE))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def attention(q_BxTxNxH: jax.Array, k_BxSxGxH: jax.Array, v_BxSxGxH: jax.Array, causal: bool) -> jax.Array:
-    """softmax(q k^T / sqrt(H)) v by the C++ kernel, float32 in and out: [B, T, N, H]."""
-    return _forward(q_BxTxNxH, k_BxSxGxH, v_BxSxGxH, causal)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def attention(q_BxTxNxH: jax.Array, k_BxSxGxH: jax.Array, v_BxSxGxH: jax.Array, causal: bool,
+              window: int = 0) -> jax.Array:
+    """softmax(q k^T / sqrt(H)) v by the C++ kernel, float32 in and out: [B, T, N, H]. `window`: a query sees
+    the keys less than `window` positions away (0: all), as `attention_mask` defines it."""
+    return _forward(q_BxTxNxH, k_BxSxGxH, v_BxSxGxH, causal, window)[0]
 
 
-def _attention_fwd(q, k, v, causal):
-    out, lse = _forward(q, k, v, causal)
+def _attention_fwd(q, k, v, causal, window):
+    out, lse = _forward(q, k, v, causal, window)
     return out, (q, k, v, out, lse)
 
 
-def _attention_bwd(causal, residuals, dout):
-    return _backward(*residuals, dout, causal)
+def _attention_bwd(causal, window, residuals, dout):
+    return _backward(*residuals, dout, causal, window)
 
 
 attention.defvjp(_attention_fwd, _attention_bwd)
