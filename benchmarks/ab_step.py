@@ -1,8 +1,11 @@
 """A config change's speed as a ratio measured in one process: jaxformer's train step compiled with and without
 `--variant`, the two run alternately (A B B A ...), each pair of steps one ratio.
 
-    python benchmarks/ab_step.py --variant model.dot_grads=xla [--objectives clm mlm] [--configs S M]
-                                 [--pairs 10] [--out bench/ab_step.json]
+    python benchmarks/ab_step.py --variant model.dot_grads=xla [--set KEY=VALUE ...] [--objectives clm mlm]
+                                 [--configs S M] [--pairs 10] [--out bench/ab_step.json]
+
+`--set` changes the cell for both programs (e.g. `--set model.window=64 --variant model.attention_impl=blocked`:
+the two kernels on a windowed model).
 
 `benchmarks/bench_train.py --variant` times the variant in its own process right after the baseline: the right
 thing for peak memory and compile time, but on a machine whose cores are shared the load moves within minutes,
@@ -25,15 +28,17 @@ from jaxformer import timing
 from jaxformer.errors import UserError
 
 
-def time_pairs(spec: dict, overrides: dict, pairs: int) -> dict:
-    """Compile the cell's step with and without `overrides`, then time `pairs` alternated pairs of steps."""
+def time_pairs(spec: dict, overrides: dict, pairs: int, base: dict | None = None) -> dict:
+    """Compile the cell's step (with `base` overrides) with and without `overrides`, then time `pairs`
+    alternated pairs of steps."""
     import jax
 
     from jaxformer import train
 
     key = jax.random.key(0)
     programs = {}
-    for name, extra in (("baseline", {}), ("variant", overrides)):
+    base = base or {}
+    for name, extra in (("baseline", base), ("variant", {**base, **overrides})):
         cfg, mesh, state, shardings, batches = timing.cell_inputs({**spec, "overrides": extra}, n_batches=4)
         compiled = train.compile_train_step(shardings, mesh).lower(state, batches[0], key).compile()
         programs[name] = {"step": compiled, "state": state, "batches": batches}
@@ -56,7 +61,8 @@ def time_pairs(spec: dict, overrides: dict, pairs: int) -> dict:
             times[name].append(seconds)
     ratios = sorted(b / v for b, v in zip(times["baseline"], times["variant"], strict=True))
     q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
-    return {"objective": spec["objective"], "config": spec["config"], "overrides": overrides, "pairs": pairs,
+    return {"objective": spec["objective"], "config": spec["config"], "base": base, "overrides": overrides,
+            "pairs": pairs,
             "ratio_median": round(statistics.median(ratios), 3), "ratio_q1": round(q1, 3), "ratio_q3": round(q3, 3),
             "baseline_step_ms_median": round(1e3 * statistics.median(times["baseline"]), 1),
             "variant_step_ms_median": round(1e3 * statistics.median(times["variant"]), 1),
@@ -66,6 +72,8 @@ def time_pairs(spec: dict, overrides: dict, pairs: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variant", required=True, metavar="KEY=VALUE[,KEY=VALUE]", help="the config change to time")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for both programs (repeatable)")
     p.add_argument("--objectives", nargs="+", choices=timing.OBJECTIVES, default=list(timing.OBJECTIVES))
     p.add_argument("--configs", nargs="+", choices=sorted(timing.CONFIGS), default=["S", "M"])
     p.add_argument("--pairs", type=int, default=10, help="alternated pairs of timed steps per cell (default 10)")
@@ -78,19 +86,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.pairs < 1:
             raise UserError(f"--pairs must be positive, got {args.pairs}.")
         overrides = timing.parse_variant(args.variant)
-        timing.check_sizes(argparse.Namespace(**{**vars(args), "variant": [args.variant]}))
+        base = timing.parse_variant(",".join(args.set)) if args.set else {}
+        variants = [args.variant, *([",".join([*args.set, args.variant])] if args.set else [])]  # both configs
+        timing.check_sizes(argparse.Namespace(**{**vars(args), "variant": variants}))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     started, cells = time.time(), []
-    result = {"benchmark": "ab_step", "variant": args.variant, "machine": timing.machine_info(),
+    result = {"benchmark": "ab_step", "variant": args.variant, "set": args.set, "machine": timing.machine_info(),
               "loadavg_start": timing.loadavg(), "batch_size": args.batch_size, "seq_len": args.seq_len,
               "vocab": args.vocab, "cells": cells}
     for config in args.configs:
         for objective in args.objectives:
             spec = {"objective": objective, "config": config, "batch_size": args.batch_size,
                     "seq_len": args.seq_len, "vocab": args.vocab}
-            cell = time_pairs(spec, overrides, args.pairs)
+            cell = time_pairs(spec, overrides, args.pairs, base)
             cells.append(cell)
             print(f"{objective} {config}: [{args.variant}] tokens/s x{cell['ratio_median']} the baseline "
                   f"(quartiles {cell['ratio_q1']}-{cell['ratio_q3']}, {args.pairs} pairs; steps "

@@ -77,6 +77,24 @@ def test_ab_step_alternates_both_programs_in_one_process(tmp_path, variant, same
     assert same == same_math, (cell["baseline_loss_last"], cell["variant_loss_last"])
 
 
+def test_ab_step_set_changes_both_programs(tmp_path):
+    """`--set` applies to the baseline and the variant alike: with a sliding window set, the two attention
+    kernels (the C++ one and blocked) compute the same windowed loss, and it is not the unwindowed one."""
+    import json
+
+    def last_losses(*extra):
+        out = tmp_path / "ab.json"
+        assert _ab_step().main(["--variant", "model.attention_impl=blocked", *extra, "--configs", "S", "--objectives",
+                                "clm", "--pairs", "1", "--batch-size", "2", "--seq-len", "16", "--vocab", "64",
+                                "--out", str(out)]) == 0
+        (cell,) = json.loads(out.read_text())["cells"]
+        return cell["base"], cell["baseline_loss_last"], cell["variant_loss_last"]
+
+    base, windowed, windowed_blocked = last_losses("--set", "model.window=4")
+    assert base == {"model.window": "4"} and windowed == pytest.approx(windowed_blocked, rel=1e-5)
+    assert last_losses()[1] != pytest.approx(windowed, rel=1e-5)
+
+
 def test_ab_step_refuses_a_bad_variant_in_one_sentence(capsys):
     assert _ab_step().main(["--variant", "model.dot_grad=xla"]) == 2
     assert "did you mean" in capsys.readouterr().err
