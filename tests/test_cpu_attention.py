@@ -99,8 +99,8 @@ def test_a_sharded_step_runs_the_kernel_per_shard(n, g):
 @pytest.mark.parametrize("causal,window", [(True, 0), (True, 40), (False, 24), (False, 0), (False, 300)])
 def test_the_flop_count_follows_the_keys_each_block_reads(causal, window):
     """`keys_multiplied` (jaxformer params' executed FLOPs) against the blocks read off the naive mask: each
-    64-row block multiplies the keys from the first to the last one any of its rows sees, widened to whole
-    multiples of 64 keys."""
+    BLOCK-row block multiplies the keys from the first to the last one any of its rows sees, widened to whole
+    multiples of BLOCK keys."""
     t = 150
     i = np.arange(t)
     visible = np.ones((t, t), bool)
@@ -108,11 +108,11 @@ def test_the_flop_count_follows_the_keys_each_block_reads(causal, window):
         visible &= i[None, :] <= i[:, None]
     if window:
         visible &= np.abs(i[:, None] - i[None, :]) < window
-    keys = 0
-    for start in range(0, t, attention_kernels.BLOCK):
-        cols = np.flatnonzero(visible[start:start + attention_kernels.BLOCK].any(axis=0))
-        lo, hi = cols.min() // 64 * 64, min(t, -(-(cols.max() + 1) // 64) * 64)
-        keys += min(attention_kernels.BLOCK, t - start) * (hi - lo)
+    block, keys = attention_kernels.BLOCK, 0
+    for start in range(0, t, block):
+        cols = np.flatnonzero(visible[start:start + block].any(axis=0))
+        lo, hi = cols.min() // block * block, min(t, -(-(cols.max() + 1) // block) * block)
+        keys += min(block, t - start) * (hi - lo)
     assert attention_kernels.keys_multiplied(t, causal=causal, impl="cpp", window=window) == keys / t
 
 

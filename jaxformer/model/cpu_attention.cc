@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstring>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -315,30 +316,33 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::B
   return ffi::Error::Success();
 }
 
+// Both handlers take the same attributes (cpu_attention.py passes them by name).
+template <typename Binding>
+auto with_attrs(Binding binding) {
+  return std::move(binding)  // the builder's methods take it as an rvalue
+      .template Attr<int64_t>("causal")
+      .template Attr<int64_t>("window")
+      .template Attr<int64_t>("threads");
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxformerAttentionForward, ForwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("causal")
-                                  .Attr<int64_t>("window")
-                                  .Attr<int64_t>("threads"));
+                              with_attrs(ffi::Ffi::Bind()
+                                             .Arg<ffi::Buffer<ffi::F32>>()
+                                             .Arg<ffi::Buffer<ffi::F32>>()
+                                             .Arg<ffi::Buffer<ffi::F32>>()
+                                             .Ret<ffi::Buffer<ffi::F32>>()
+                                             .Ret<ffi::Buffer<ffi::F32>>()));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxformerAttentionBackward, BackwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("causal")
-                                  .Attr<int64_t>("window")
-                                  .Attr<int64_t>("threads"));
+                              with_attrs(ffi::Ffi::Bind()
+                                             .Arg<ffi::Buffer<ffi::F32>>()
+                                             .Arg<ffi::Buffer<ffi::F32>>()
+                                             .Arg<ffi::Buffer<ffi::F32>>()
+                                             .Arg<ffi::Buffer<ffi::F32>>()
+                                             .Arg<ffi::Buffer<ffi::F32>>()
+                                             .Arg<ffi::Buffer<ffi::F32>>()
+                                             .Ret<ffi::Buffer<ffi::F32>>()
+                                             .Ret<ffi::Buffer<ffi::F32>>()
+                                             .Ret<ffi::Buffer<ffi::F32>>()));
