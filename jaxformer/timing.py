@@ -202,15 +202,21 @@ def roofline_pair(measure: Callable[[], float], before: float) -> dict:
             "roofline_gflops_after": round(after, 1)}
 
 
+PACKED_DOCUMENT_TOKENS = 64  # mean document length in packed benchmark windows (sentences to short articles)
+
+
 def cell_inputs(spec: dict, n_batches: int):
     """A cell's resolved config, one-device mesh, initial train state (+ shardings) and `n_batches` random token
-    batches, for the timed step here and for benchmarks/profile_step.py."""
+    batches, for the timed step here and for benchmarks/profile_step.py. With `data.packing=true` the windows
+    hold documents of random lengths (EOS at each token with probability 1 / PACKED_DOCUMENT_TOKENS) and carry
+    their segment ids and positions, as the data pipeline's packed batches do."""
     import jax
     import numpy as np
 
     from jaxformer import parallel, train
     from jaxformer.config import resolve
-    from jaxformer.data.tokenizers import N_SPECIAL
+    from jaxformer.data.batching import packing_arrays
+    from jaxformer.data.tokenizers import EOS, N_SPECIAL
 
     b, t = spec["batch_size"], spec["seq_len"]
     cfg = resolve(bench_config(spec["objective"], spec["config"], batch_size=b, seq_len=t, vocab=spec["vocab"],
@@ -220,8 +226,14 @@ def cell_inputs(spec: dict, n_batches: int):
     state = train.unwrapped(state, shardings)  # as the training loop carries it
     rng = np.random.default_rng(0)
     sharding = parallel.batch_sharding(mesh, ndim=1)
-    batches = [{"tokens": jax.device_put(rng.integers(N_SPECIAL, cfg.model.vocab_size, (b, t + 1), dtype=np.int32),
-                                         sharding)} for _ in range(n_batches)]
+    batches = []
+    for _ in range(n_batches):
+        tokens = rng.integers(N_SPECIAL, cfg.model.vocab_size, (b, t + 1), dtype=np.int32)
+        batch = {"tokens": tokens}
+        if cfg.data.packing:
+            tokens[rng.random(tokens.shape) < 1 / PACKED_DOCUMENT_TOKENS] = EOS
+            batch = {"tokens": tokens, **packing_arrays(tokens, EOS)}
+        batches.append({key: jax.device_put(value, sharding) for key, value in batch.items()})
     return cfg, mesh, state, shardings, batches
 
 

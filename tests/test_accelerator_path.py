@@ -10,6 +10,7 @@ from flax import nnx
 
 from jaxformer import objectives, train
 from jaxformer.config import validate
+from jaxformer.data import batching
 from jaxformer.errors import UserError
 from jaxformer.model import attention_kernels, build_model, cpu_attention
 from jaxformer.model.attention import attention_mask
@@ -59,14 +60,10 @@ def test_kernel_matches_the_naive_attention(impl, causal, n_kv, packed):
     q, k, v = _qkv(n_kv)
     segments = jnp.asarray(np.repeat([[0] * 20 + [1] * 12], 2, axis=0)) if packed else None
     mask = None
-    if packed and impl != "pallas":  # XLA takes documents as a mask (the model builds it with attention_mask)
+    if packed and impl in ("xla", "blocked"):  # XLA takes documents as a mask (the model builds it with attention_mask)
         positions = jnp.broadcast_to(jnp.arange(32), (2, 32))
         mask = attention_mask(positions, positions, causal=causal, window=0, q_seg_BxT=segments,
                               k_seg_BxS=segments)
-    if impl == "cpp" and packed:  # the C++ kernel takes no mask: one sentence, not a wrong answer
-        with pytest.raises(UserError, match="packed documents"):
-            attention_kernels.attend(q, k, v, impl=impl, causal=causal, segment_ids_BxT=segments, mask=mask)
-        return
     out = attention_kernels.attend(q, k, v, impl=impl, causal=causal, segment_ids_BxT=segments, mask=mask)
     np.testing.assert_allclose(np.asarray(out), _naive(q, k, v, causal=causal, segment_ids=segments),
                                atol=2e-5, rtol=2e-5)
@@ -105,8 +102,14 @@ def test_pallas_gradients_match_xla():
 
 @pytest.mark.parametrize("kind", ["clm", "mlm"])
 def test_train_step_loss_is_the_same_across_kernels(kind):
-    """The whole model: same parameters, same batch, the step's loss and gradient norm agree across kernels."""
-    batch = {"tokens": jax.random.randint(jax.random.key(1), (8, 17), 8, 64)}
+    """The whole model: same parameters, same batch, the step's loss and gradient norm agree across kernels
+    (the MLM batch packs documents: segment ids and positions from EOS tokens, as data.packing=true builds)."""
+    tokens = np.array(jax.random.randint(jax.random.key(1), (8, 17), 8, 64))
+    batch = {"tokens": tokens}
+    if kind == "mlm":
+        tokens[:, [5, 11]] = tokens[::2, [3]] = 2  # documents of several lengths, different in every row
+        batch = {"tokens": tokens, **batching.packing_arrays(tokens, eos_id=2)}
+        assert len(np.unique(batch["segment_ids"])) == 4
     metrics = {}
     require_cpp_kernel()
     for impl in ("xla", "blocked", "cpp", "pallas"):
@@ -131,7 +134,7 @@ def test_auto_picks_by_backend_and_masking(monkeypatch):
     assert resolve("auto", "float32", backend="cpu") == "blocked"
     monkeypatch.undo()
     assert resolve("auto", "float32", backend="cpu", window=8) == "cpp"  # blocks skip the keys out of reach
-    assert resolve("auto", "float32", backend="cpu", segment_ids=True) == "blocked"
+    assert resolve("auto", "float32", backend="cpu", segment_ids=True) == "cpp"  # it masks documents itself
     assert resolve("auto", "bfloat16", backend="cpu") == "blocked"
     assert resolve("auto", "bfloat16", backend="gpu") == "cudnn"
     assert resolve("auto", "float32", backend="gpu") == "xla"  # cuDNN's flash path is half precision only
@@ -148,10 +151,8 @@ def test_impossible_choices_are_one_sentence():
         validate(tiny_config("clm", model=dict(attention_impl="cudnn"), data=dict(packing=True), resolved=False))
     with pytest.raises(UserError, match="model.attention_impl"):
         validate(tiny_config("clm", model=dict(attention_impl="flash"), resolved=False))
-    for setting in (dict(data=dict(packing=True)), dict(model=dict(dtype="bfloat16"))):
-        with pytest.raises(UserError, match="attention_impl=cpp computes float32"):
-            validate(tiny_config("clm", **{**setting, "model": {**setting.get("model", {}), "attention_impl": "cpp"}},
-                                 resolved=False))
+    with pytest.raises(UserError, match="attention_impl=cpp computes float32"):
+        validate(tiny_config("clm", model=dict(attention_impl="cpp", dtype="bfloat16"), resolved=False))
     if jax.default_backend() != "gpu":
         q, k, v = _qkv(4)
         with pytest.raises(UserError, match="needs an NVIDIA GPU"):

@@ -98,3 +98,19 @@ def test_ab_step_set_changes_both_programs(tmp_path):
 def test_ab_step_refuses_a_bad_variant_in_one_sentence(capsys):
     assert _ab_step().main(["--variant", "model.dot_grad=xla"]) == 2
     assert "did you mean" in capsys.readouterr().err
+
+
+def test_packed_cells_carry_their_documents():
+    """With `data.packing=true` a benchmark cell's windows hold several documents, with the segment ids and
+    positions the data pipeline gives packed batches (a new document after every EOS)."""
+    import numpy as np
+
+    from jaxformer.data.tokenizers import EOS
+
+    spec = {"objective": "clm", "config": "S", "batch_size": 2, "seq_len": 256, "vocab": 64,
+            "overrides": {"data.packing": "true"}}
+    cfg, _, _, _, (batch,) = timing.cell_inputs(spec, n_batches=1)
+    tokens, segments, positions = (np.asarray(batch[key]) for key in ("tokens", "segment_ids", "positions"))
+    assert cfg.data.packing and (tokens == EOS).sum() >= 2
+    np.testing.assert_array_equal(np.diff(segments, axis=1), tokens[:, :-1] == EOS)
+    np.testing.assert_array_equal(positions[:, 1:] == 0, tokens[:, :-1] == EOS)

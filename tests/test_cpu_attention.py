@@ -16,6 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxformer.errors import UserError
 from jaxformer.model import attention_kernels, cpu_attention
+from jaxformer.model.attention import attention_mask
 from tests.test_accelerator_path import _naive, require_cpp_kernel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,31 +41,51 @@ def _inputs(b, t, n, g, h, seed=0):
             jax.random.normal(keys[2], (b, t, g, h)), jax.random.normal(keys[3], (b, t, n, h)))
 
 
+def _documents(kind, b, t):
+    """Segment ids [B, T]: None; `packed`, contiguous documents of random lengths (as data.packing builds them),
+    different in every row; `reused`, an id that comes back after another document (the kernel's key-by-key
+    mask)."""
+    if kind is None:
+        return None
+    if kind == "packed":
+        starts = np.random.default_rng(0).random((b, t)) < 0.03
+        return jax.numpy.asarray(np.cumsum(starts, axis=1, dtype=np.int32))
+    row = np.resize(np.repeat([3, 5, 3, 7], [20, 30, 60, t]), t)
+    return jax.numpy.asarray(np.stack([row, row[::-1]])[np.arange(b) % 2])
+
+
 # T = 150: two whole 64-row query blocks and a ragged one; H = 24 and 8: columns off the 16/8-float vector
 # width (the scalar tail of the products); H = 64: whole register tiles; G = 1, 2 and N: MQA, GQA, MHA. Sliding
 # windows: crossing block edges (40, 24: blocks start and stop mid-row), wider than the sequence (100).
-@pytest.mark.parametrize("causal,b,t,n,g,h,window", [(True, 2, 150, 4, 2, 16, 0), (False, 2, 150, 4, 4, 24, 0),
-                                                     (True, 1, 70, 3, 1, 64, 0), (False, 3, 9, 2, 1, 8, 0),
-                                                     (True, 2, 130, 4, 4, 40, 0), (True, 2, 150, 4, 2, 16, 40),
-                                                     (False, 2, 150, 2, 1, 24, 24), (False, 1, 70, 2, 2, 64, 100)])
-def test_values_and_gradients_match_naive_and_xla(causal, b, t, n, g, h, window):
+@pytest.mark.parametrize("causal,b,t,n,g,h,window,docs", [
+    (True, 2, 150, 4, 2, 16, 0, None), (False, 2, 150, 4, 4, 24, 0, "packed"), (True, 1, 70, 3, 1, 64, 0, None),
+    (False, 3, 9, 2, 1, 8, 0, None), (True, 2, 130, 4, 4, 40, 0, "reused"), (True, 2, 150, 4, 2, 16, 40, "packed"),
+    (False, 2, 150, 2, 1, 24, 24, None), (False, 1, 70, 2, 2, 64, 100, None), (False, 2, 150, 4, 2, 16, 0, "reused")])
+def test_values_and_gradients_match_naive_and_xla(causal, b, t, n, g, h, window, docs):
     q, k, v, dout = _inputs(b, t, n, g, h)
+    segments = _documents(docs, b, t)
+    positions = jax.numpy.broadcast_to(jax.numpy.arange(t), (b, t))
+    mask = None if docs is None else attention_mask(positions, positions, causal=causal, window=window,
+                                                    q_seg_BxT=segments, k_seg_BxS=segments)
 
     def attend(impl):
-        return lambda *a: attention_kernels.attend(*a, impl=impl, causal=causal, window=window)
+        return lambda *a: attention_kernels.attend(*a, impl=impl, causal=causal, window=window,
+                                                   segment_ids_BxT=segments, mask=mask if impl == "xla" else None)
 
     out, vjp = jax.jit(lambda q, k, v: jax.vjp(attend("cpp"), q, k, v))(q, k, v)
-    np.testing.assert_allclose(np.asarray(out), _naive(q, k, v, causal=causal, window=window), atol=2e-5, rtol=2e-5)
+    want_out = _naive(q, k, v, causal=causal, window=window, segment_ids=segments)
+    np.testing.assert_allclose(np.asarray(out), want_out, atol=2e-5, rtol=2e-5)
     want = jax.vjp(attend("xla"), q, k, v)[1](dout)
     for got, ref in zip(vjp(dout), want, strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=5e-5, rtol=5e-5)
 
 
-def test_causal_or_windowed_needs_as_many_keys_as_queries():
+def test_causal_windowed_or_packed_needs_as_many_keys_as_queries():
     q, k, v, _ = _inputs(1, 8, 2, 2, 16)
-    for causal, window in ((True, 0), (False, 4)):
+    for causal, window, segments in ((True, 0, None), (False, 4, None), (False, 0, jax.numpy.zeros((1, 8)))):
         with pytest.raises(UserError, match="as many keys as queries"):
-            attention_kernels.attend(q, k[:, :6], v[:, :6], impl="cpp", causal=causal, window=window)
+            attention_kernels.attend(q, k[:, :6], v[:, :6], impl="cpp", causal=causal, window=window,
+                                     segment_ids_BxT=segments)
     out = attention_kernels.attend(q, k[:, :6], v[:, :6], impl="cpp", causal=False)  # bidirectional: any S
     want = attention_kernels.attend(q, k[:, :6], v[:, :6], impl="xla", causal=False)
     np.testing.assert_allclose(np.asarray(out), np.asarray(want), atol=2e-5)
@@ -72,26 +93,28 @@ def test_causal_or_windowed_needs_as_many_keys_as_queries():
 
 @pytest.mark.parametrize("n,g", [(4, 4), (4, 2), (4, 1)])
 def test_a_sharded_step_runs_the_kernel_per_shard(n, g):
-    """Over 8 devices, batch over `data` and KV heads over `tensor` (MHA, GQA, MQA): each device runs the kernel
-    on its own shard (no all-gather in the compiled program; the per-head outputs stay split where the heads
-    are) and values and gradients equal one device's."""
+    """Over 8 devices, batch over `data` and KV heads over `tensor` (MHA, GQA, MQA), packed documents: each
+    device runs the kernel on its own shard (no all-gather in the compiled program; the per-head outputs stay
+    split where the heads are) and values and gradients equal one device's."""
     mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "tensor"))
     heads = "tensor" if g > 1 else None
     q_sh = NamedSharding(mesh, P("data", None, heads, None))
     kv_sh = NamedSharding(mesh, P("data", None, heads, None))
     q, k, v, dout = _inputs(8, 32, n, g, 16)
+    segments = _documents("packed", 8, 32)
 
-    def value_and_grads(q, k, v, dout):
-        out, vjp = jax.vjp(lambda *a: cpu_attention.attention(*a, True), q, k, v)
+    def value_and_grads(q, k, v, segments, dout):
+        out, vjp = jax.vjp(lambda *a: cpu_attention.attention(*a, True, 0, segments), q, k, v)
         return out, vjp(dout)
 
-    sharded = jax.jit(value_and_grads, in_shardings=(q_sh, kv_sh, kv_sh, q_sh))
-    program = sharded.lower(q, k, v, dout).compile().as_text()
+    sharded = jax.jit(value_and_grads, in_shardings=(q_sh, kv_sh, kv_sh, NamedSharding(mesh, P("data")), q_sh))
+    program = sharded.lower(q, k, v, segments, dout).compile().as_text()
     assert "all-gather" not in program and "all-to-all" not in program
     assert program.count("jaxformer_attention_fwd") == 1 and program.count("jaxformer_attention_bwd") == 1
-    out, grads = sharded(q, k, v, dout)
+    out, grads = sharded(q, k, v, segments, dout)
     assert out.sharding.is_equivalent_to(q_sh, out.ndim)  # stays split: nothing was gathered
-    want_out, want_grads = jax.jit(value_and_grads)(*(jax.device_put(x, jax.devices()[0]) for x in (q, k, v, dout)))
+    want_out, want_grads = jax.jit(value_and_grads)(*(jax.device_put(x, jax.devices()[0])
+                                                      for x in (q, k, v, segments, dout)))
     for got, want in zip((out, *grads), (want_out, *want_grads), strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
 
@@ -129,6 +152,7 @@ import jax, jax.numpy as jnp
 from jaxformer.errors import UserError
 from jaxformer.errors import UserError
 from jaxformer.model import attention_kernels, cpu_attention
+from jaxformer.model.attention import attention_mask
 print("reason:", cpu_attention.unavailable_reason())
 print("auto:", attention_kernels.resolve("auto", "float32", backend="cpu"))
 x = jnp.ones((1, 4, 2, 8))

@@ -83,9 +83,9 @@ class Attention(nnx.Module):
         else:
             impl = attention_kernels.resolve(self.impl, self.dtype, window=self.window,
                                              segment_ids=segment_ids_BxT is not None)
-            # Without documents to keep apart no mask is built, so a fused kernel applies causal + window itself;
-            # The XLA kernels get packed documents as a mask (cuDNN cannot take segment ids here, Pallas takes
-            # them as is).
+            # Without documents to keep apart no mask is built, so a fused kernel applies causal + window itself.
+            # The XLA kernels get packed documents (or padding) as a mask; cpp and Pallas take the segment ids
+            # as they are (cuDNN cannot here).
             mask = None
             if segment_ids_BxT is not None and impl in ("xla", "blocked"):
                 mask = attention_mask(positions_BxT, positions_BxT, causal=causal, window=self.window,

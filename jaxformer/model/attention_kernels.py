@@ -12,19 +12,19 @@
   use: one task per (batch row, KV head), spread over all cores, each query block's scores -> softmax -> P V kept
   in cache, the backward recomputing the probabilities from the saved log-sum-exp. XLA:CPU runs the `blocked`
   kernel's batched products on one core; on a 2-core CPU attention forward + backward (B 16, T 256, 6 heads of
-  64) ran 1.2-1.4x (bidirectional) and 1.6x (causal) faster than `blocked`. Float32, no packing; with a
-  sliding window each query block reads only the keys within reach.
+  64) ran 1.2-1.4x (bidirectional) and 1.6x (causal) faster than `blocked`. Float32; it applies sliding windows
+  and packed documents (segment ids) itself, each query block reading only the keys some row of it sees.
 - `cudnn`: the same call with `implementation="cudnn"`: cuDNN's fused flash attention (NVIDIA GPUs, bf16/fp16).
 - `pallas`: a Pallas flash-attention kernel from jax's own Pallas ops: the Triton kernel on GPUs, the Mosaic
   kernel on TPUs, and the GPU kernel in interpret mode on CPU (slow; there for numerics tests only).
 - `auto` (default): `cudnn` on a GPU when the compute dtype is half precision (cuDNN's flash path needs it),
-  `pallas` on a TPU, `cpp` on a CPU where it can run (float32, no packing, and a C++ compiler; a
-  sharded step runs it on each device's shard of batch rows and KV heads), else `blocked`; `xla` otherwise.
+  `pallas` on a TPU, `cpp` on a CPU where it can run (float32 and a C++ compiler; a sharded step runs it on
+  each device's shard of batch rows and KV heads), else `blocked`; `xla` otherwise.
   `jax.nn.dot_product_attention`'s own default (`implementation=None`) picks XLA in this JAX version, so without
   this setting nothing would run a flash kernel.
 
-The fused kernels take no explicit mask: causal, sliding window (cuDNN only) and document boundaries (segment
-ids; not cuDNN in this JAX) are arguments. Decoding with a KV cache always uses `xla` (one query row per step
+The fused kernels take no explicit mask: causal, sliding window (cuDNN and cpp) and document boundaries (segment
+ids; cpp and Pallas, not cuDNN in this JAX) are arguments. Decoding with a KV cache always uses `xla` (one query row per step
 gains nothing from a flash kernel, and the cache needs a position mask).
 """
 
@@ -58,7 +58,7 @@ def resolve(impl: str, dtype: str, *, window: int = 0, segment_ids: bool = False
         return "pallas"
     if backend != "cpu":
         return "xla"
-    if dtype not in HALF and not segment_ids and cpu_attention.unavailable_reason() is None:
+    if dtype not in HALF and cpu_attention.unavailable_reason() is None:
         return "cpp"
     return "blocked"
 
@@ -73,7 +73,7 @@ def keys_multiplied(t: int, *, causal: bool, impl: str, window: int = 0) -> floa
     positions: `blocked` and `cpp` stop each causal query block at its last row, and in a sliding `window`
     `cpp` reads only the keys some row of the block sees, widened to whole multiples of BLOCK keys; the others
     compute the full square (the fused kernels skip masked tiles too, but by their own tiling, so T stays their
-    upper bound)."""
+    upper bound). Packed documents, which `cpp` also skips, depend on the data: not counted, an upper bound."""
     window = window if impl == "cpp" else 0
     if impl not in ("blocked", "cpp") or not (causal or window):
         return float(t)
@@ -88,10 +88,9 @@ def keys_multiplied(t: int, *, causal: bool, impl: str, window: int = 0) -> floa
 
 def check(impl: str, *, window: int, segment_ids: bool, dtype: str = "float32") -> None:
     """One sentence when `impl` cannot express the masking or dtype a run asks for (config validation)."""
-    if impl == "cpp" and (segment_ids or dtype in HALF):
-        asked = "data.packing=true" if segment_ids else f"model.dtype={dtype}"
-        raise UserError(f"model.attention_impl=cpp computes float32 attention without packed documents, and this "
-                        f"run sets {asked}; use auto or blocked.")
+    if impl == "cpp" and dtype in HALF:
+        raise UserError(f"model.attention_impl=cpp computes float32 attention, and this run sets model.dtype={dtype}; "
+                        f"use auto or blocked.")
     if impl == "cudnn" and segment_ids:
         raise UserError("model.attention_impl=cudnn cannot keep packed documents apart in this JAX version "
                         "(data.packing=true); use auto, xla or pallas.")
@@ -109,7 +108,7 @@ def attend(q_BxTxNxH: jax.Array, k_BxSxGxH: jax.Array, v_BxSxGxH: jax.Array, *, 
     if impl == "pallas":
         return _pallas(q_BxTxNxH, k_BxSxGxH, v_BxSxGxH, causal=causal, segment_ids_BxT=segment_ids_BxT)
     if impl == "cpp":
-        return _cpp(q_BxTxNxH, k_BxSxGxH, v_BxSxGxH, causal=causal, window=window, mask=mask)
+        return _cpp(q_BxTxNxH, k_BxSxGxH, v_BxSxGxH, causal=causal, window=window, segment_ids_BxT=segment_ids_BxT)
     if impl == "blocked":
         return _blocked(q_BxTxNxH, k_BxSxGxH, v_BxSxGxH, causal=causal, window=window, mask=mask)
     if mask is not None:
@@ -120,18 +119,19 @@ def attend(q_BxTxNxH: jax.Array, k_BxSxGxH: jax.Array, v_BxSxGxH: jax.Array, *, 
                                         implementation=impl)
 
 
-def _cpp(q_BxTxNxH, k_BxSxGxH, v_BxSxGxH, *, causal, window, mask):
+def _cpp(q_BxTxNxH, k_BxSxGxH, v_BxSxGxH, *, causal, window, segment_ids_BxT):
     """The C++ kernel, after the checks only the traced call can make (backend, dtype, compiler)."""
     if jax.default_backend() != "cpu":
         raise UserError(f"model.attention_impl=cpp runs on CPUs (this backend is {jax.default_backend()}); "
                         f"use auto.")
-    check("cpp", window=window, segment_ids=mask is not None, dtype=str(q_BxTxNxH.dtype))
-    if (causal or window) and k_BxSxGxH.shape[1] != q_BxTxNxH.shape[1]:
-        raise UserError(f"model.attention_impl=cpp takes causal or windowed attention over as many keys as queries "
-                        f"(training), got {q_BxTxNxH.shape[1]} queries and {k_BxSxGxH.shape[1]} keys; use xla.")
+    check("cpp", window=window, segment_ids=segment_ids_BxT is not None, dtype=str(q_BxTxNxH.dtype))
+    if (causal or window or segment_ids_BxT is not None) and k_BxSxGxH.shape[1] != q_BxTxNxH.shape[1]:
+        raise UserError(f"model.attention_impl=cpp takes causal, windowed or packed attention over as many keys as "
+                        f"queries (training), got {q_BxTxNxH.shape[1]} queries and {k_BxSxGxH.shape[1]} keys; "
+                        f"use xla.")
     if (reason := cpu_attention.unavailable_reason()) is not None:
         raise UserError(f"model.attention_impl=cpp could not build its kernel ({reason}); use auto or blocked.")
-    return cpu_attention.attention(q_BxTxNxH, k_BxSxGxH, v_BxSxGxH, causal, window)
+    return cpu_attention.attention(q_BxTxNxH, k_BxSxGxH, v_BxSxGxH, causal, window, segment_ids_BxT)
 
 
 def _blocked(q_BxTxNxH, k_BxSxGxH, v_BxSxGxH, *, causal, window, mask):

@@ -8,8 +8,10 @@
 //
 // Layouts are the model's own: q, o, dq [B, T, N, H]; k, v, dk, dv [B, S, G, H] (N = G x R query heads, query
 // head n reads KV head n / R); lse [B, N, T] (log-sum-exp of each row's scaled scores, saved for the backward).
-// Query i sees key j when j <= i (causal) and |i - j| < window (a sliding window; 0 = none), the masks of the
-// model's `blocked` XLA kernel. Causal or windowed attention needs S == T (training); the Python side checks.
+// Query i sees key j when j <= i (causal), |i - j| < window (a sliding window; 0 = none) and both carry the same
+// segment id (ids [B, S]: packed documents, or padding as a segment of its own; all equal: no documents), the
+// masks of the model's `blocked` XLA kernel. A query always sees itself, so no row is ever fully masked. Causal,
+// windowed or segmented attention needs S == T (training); the Python side checks.
 
 #include <algorithm>
 #include <atomic>
@@ -17,6 +19,7 @@
 #include <cstdint>
 #include <cstring>
 #include <thread>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -165,18 +168,64 @@ struct Keys {
   long size() const { return hi - lo; }
 };
 
-Keys row_keys(const Shape& d, long qi, bool causal, long window) {
-  return {window ? std::max(0L, qi - window + 1) : 0L,
-          causal ? qi + 1 : window ? std::min(d.s, qi + window) : d.s};
+// Where the documents of one batch row lie: extent[i] holds every key of query i's segment, and `mixed[i]` says
+// other segments' keys sit inside it too (an id used again after another document), so that row also needs a
+// key-by-key mask. Documents as the data builds them (contiguous ids) never need one: their extents are exact.
+struct Documents {
+  std::vector<Keys> extent;
+  std::vector<char> mixed;
+};
+
+// Segment ids [S] of one batch row -> the documents of its T query rows (all ids equal: one document, any T).
+Documents documents_of(const int32_t* ids, long s, long t) {
+  Documents docs{std::vector<Keys>(t, Keys{0, s}), std::vector<char>(t, 0)};
+  if (std::all_of(ids, ids + s, [&](int32_t id) { return id == ids[0]; })) return docs;
+  // Several documents (S == T, checked before): a hash lookup per run of equal ids, not per key.
+  std::unordered_map<int32_t, std::pair<Keys, long>> seen;  // id -> (its first to last key, its number of runs)
+  for (long j = 0, end; j < s; j = end) {
+    for (end = j + 1; end < s && ids[end] == ids[j]; ++end) {
+    }
+    auto [it, fresh] = seen.try_emplace(ids[j], Keys{j, end}, 1L);
+    if (!fresh) it->second = {Keys{it->second.first.lo, end}, it->second.second + 1};
+  }
+  for (long i = 0; i < t; ++i) {
+    const auto& [keys, runs] = seen.at(ids[i]);
+    docs.extent[i] = keys;
+    docs.mixed[i] = runs > 1;
+  }
+  return docs;
 }
 
-// The keys a query block reads: from its first row's first key to its last row's last one, so causal blocks
-// stop at their last row (as the `blocked` XLA kernel does) and windowed blocks skip the keys out of reach;
-// widened to multiples of BQ keys (within S) so the products run on whole register-tile panels (a ragged
-// width left the scalar column loop a third of a windowed call); the extra keys get P = 0 like any masked one.
-Keys block_keys(const Shape& d, long q0, long rows, bool causal, long window) {
-  const long lo = row_keys(d, q0, causal, window).lo, hi = row_keys(d, q0 + rows - 1, causal, window).hi;
-  return {lo - lo % BQ, std::min(d.s, (hi + BQ - 1) / BQ * BQ)};
+// Sets the scores of the keys [0, len) (ids key_ids) that are not in document `id` to `fill`; returns the sum of
+// the values it replaced.
+float keep_document(float* row, const int32_t* key_ids, long len, int32_t id, float fill) {
+  float replaced = 0.0f;
+  for (long j = 0; j < len; ++j)
+    if (key_ids[j] != id) {
+      replaced += row[j];
+      row[j] = fill;
+    }
+  return replaced;
+}
+
+Keys row_keys(const Shape& d, long qi, bool causal, long window, const Documents& docs) {
+  const Keys doc = docs.extent[qi];
+  return {std::max(doc.lo, window ? std::max(0L, qi - window + 1) : 0L),
+          std::min(doc.hi, causal ? qi + 1 : window ? std::min(d.s, qi + window) : d.s)};
+}
+
+// The keys a query block reads: from the first key any of its rows sees to the last, so causal blocks stop at
+// their last row (as the `blocked` XLA kernel does), windowed blocks skip the keys out of reach and packed
+// documents the keys of other documents; widened to multiples of BQ keys (within S) so the products run on
+// whole register-tile panels (a ragged width left the scalar column loop a third of a windowed call); the extra
+// keys get P = 0 like any masked one.
+Keys block_keys(const Shape& d, long q0, long rows, bool causal, long window, const Documents& docs) {
+  Keys keys = row_keys(d, q0, causal, window, docs);
+  for (long qi = q0 + 1; qi < q0 + rows; ++qi) {
+    const Keys row = row_keys(d, qi, causal, window, docs);
+    keys = {std::min(keys.lo, row.lo), std::max(keys.hi, row.hi)};
+  }
+  return {keys.lo - keys.lo % BQ, std::min(d.s, (keys.hi + BQ - 1) / BQ * BQ)};
 }
 
 // Runs fn(task) for task in [0, tasks) on `threads` threads (this one included).
@@ -203,10 +252,12 @@ void transpose_rows(const float* x, long rows, long h, long ld, float* out) {
 }
 
 void forward(const Shape& d, bool causal, long window, long threads, const float* q, const float* k, const float* v,
-             float* o, float* lse) {
+             const int32_t* ids, float* o, float* lse) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(d.h));
   parallel_for(d.b * d.g, threads, [&](long task) {
     const long bi = task / d.g, gi = task % d.g;
+    const int32_t* row_ids = ids + bi * d.s;
+    const Documents docs = documents_of(row_ids, d.s, d.t);
     const float* k0 = k + (bi * d.s * d.g + gi) * d.h;
     const float* v0 = v + (bi * d.s * d.g + gi) * d.h;
     std::vector<float> kt(d.h * d.s), scores(BQ * d.s), inv_sum(BQ);
@@ -215,19 +266,23 @@ void forward(const Shape& d, bool causal, long window, long threads, const float
       const long ni = gi * d.r() + ri;
       for (long q0 = 0; q0 < d.t; q0 += BQ) {
         const long rows = std::min(BQ, d.t - q0);
-        const Keys kb = block_keys(d, q0, rows, causal, window);
+        const Keys kb = block_keys(d, q0, rows, causal, window, docs);
         const long keys = kb.size();
         const float* qb = q + ((bi * d.t + q0) * d.n + ni) * d.h;
         gemm(rows, keys, d.h, qb, d.q_row(), 1, kt.data() + kb.lo, d.s, scores.data(), keys, false);
         for (long i = 0; i < rows; ++i) {
-          const Keys kr = row_keys(d, q0 + i, causal, window);
+          const long qi = q0 + i;
+          const Keys kr = row_keys(d, qi, causal, window, docs);
           const long first = kr.lo - kb.lo;  // this row reads the block's keys [first, first + kr.size())
           float* row = scores.data() + i * keys;
           std::fill(row, row + first, 0.0f);
+          if (docs.mixed[qi]) keep_document(row + first, row_ids + kr.lo, kr.size(), row_ids[qi], -INFINITY);
           const float top = row_max(row + first, kr.size()) * scale;
-          const float sum = exp_row(row + first, kr.size(), keys - first, scale, top);
+          float sum = exp_row(row + first, kr.size(), keys - first, scale, top);
+          if (docs.mixed[qi])  // exp(-inf) came out as ~1e-38 (exp_nonpositive's floor): exactly 0 instead
+            sum -= keep_document(row + first, row_ids + kr.lo, kr.size(), row_ids[qi], 0.0f);
           inv_sum[i] = 1.0f / sum;
-          lse[(bi * d.n + ni) * d.t + q0 + i] = top + std::log(sum);
+          lse[(bi * d.n + ni) * d.t + qi] = top + std::log(sum);
         }
         // O = (E V) / rowsum(E): the division on the [rows, H] output instead of the [rows, keys] exponentials
         float* ob = o + ((bi * d.t + q0) * d.n + ni) * d.h;
@@ -240,10 +295,13 @@ void forward(const Shape& d, bool causal, long window, long threads, const float
 }
 
 void backward(const Shape& d, bool causal, long window, long threads, const float* q, const float* k, const float* v,
-              const float* o, const float* lse, const float* dout, float* dq, float* dk, float* dv) {
+              const int32_t* ids, const float* o, const float* lse, const float* dout, float* dq, float* dk,
+              float* dv) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(d.h));
   parallel_for(d.b * d.g, threads, [&](long task) {
     const long bi = task / d.g, gi = task % d.g;
+    const int32_t* row_ids = ids + bi * d.s;
+    const Documents docs = documents_of(row_ids, d.s, d.t);
     const long kv_off = (bi * d.s * d.g + gi) * d.h;
     std::vector<float> kt(d.h * d.s), vt(d.h * d.s), probs(BQ * d.s), dprobs(BQ * d.s), dk_acc(d.s * d.h, 0.0f),
         dv_acc(d.s * d.h, 0.0f);
@@ -253,7 +311,7 @@ void backward(const Shape& d, bool causal, long window, long threads, const floa
       const long ni = gi * d.r() + ri;
       for (long q0 = 0; q0 < d.t; q0 += BQ) {
         const long rows = std::min(BQ, d.t - q0);
-        const Keys kb = block_keys(d, q0, rows, causal, window);
+        const Keys kb = block_keys(d, q0, rows, causal, window, docs);
         const long keys = kb.size();
         const long row_off = ((bi * d.t + q0) * d.n + ni) * d.h;
         const float *qb = q + row_off, *ob = o + row_off, *db = dout + row_off;
@@ -261,10 +319,12 @@ void backward(const Shape& d, bool causal, long window, long threads, const floa
         gemm(rows, keys, d.h, db, d.q_row(), 1, vt.data() + kb.lo, d.s, dprobs.data(), keys, false);
         for (long i = 0; i < rows; ++i) {
           float *p = probs.data() + i * keys, *dp = dprobs.data() + i * keys;
-          const Keys kr = row_keys(d, q0 + i, causal, window);
+          const long qi = q0 + i;
+          const Keys kr = row_keys(d, qi, causal, window, docs);
           const long first = kr.lo - kb.lo;
           std::fill(p, p + first, 0.0f);  // keys out of the row's reach: P = 0, so dS = 0 there too
-          exp_row(p + first, kr.size(), keys - first, scale, lse[(bi * d.n + ni) * d.t + q0 + i]);
+          exp_row(p + first, kr.size(), keys - first, scale, lse[(bi * d.n + ni) * d.t + qi]);
+          if (docs.mixed[qi]) keep_document(p + first, row_ids + kr.lo, kr.size(), row_ids[qi], 0.0f);
           float delta = 0.0f;  // sum_h dO[i, h] O[i, h] = sum_j P[i, j] dP[i, j]
           for (long c = 0; c < d.h; ++c) delta += db[i * d.q_row() + c] * ob[i * d.q_row() + c];
           // dS = P (dP - delta), times the score scale so that dQ = dS K and dK = dS^T Q directly.
@@ -288,31 +348,38 @@ Shape shape_of(ffi::Buffer<ffi::F32>& q, ffi::Buffer<ffi::F32>& k) {
   return Shape{qd[0], qd[1], qd[2], qd[3], kd[1], kd[2]};
 }
 
-ffi::Error check(const Shape& d, bool causal, long window) {
+ffi::Error check(const Shape& d, bool causal, long window, ffi::Buffer<ffi::S32>& ids) {
   if (d.g <= 0 || d.n % d.g != 0) return ffi::Error::InvalidArgument("query heads must be a multiple of KV heads");
   if ((causal || window) && d.s != d.t)
     return ffi::Error::InvalidArgument("causal or windowed attention needs as many keys as queries");
   if (window < 0) return ffi::Error::InvalidArgument("the window must not be negative");
+  auto id = ids.dimensions();
+  if (id.size() != 2 || id[0] != d.b || id[1] != d.s)
+    return ffi::Error::InvalidArgument("segment ids must be [batch, keys]");
+  const int32_t* x = ids.typed_data();
+  if (d.s != d.t && std::any_of(x, x + d.b * d.s, [&](int32_t v) { return v != x[0]; }))
+    return ffi::Error::InvalidArgument("packed documents need as many keys as queries");
   return ffi::Error::Success();
 }
 
 ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
-                       ffi::ResultBuffer<ffi::F32> o, ffi::ResultBuffer<ffi::F32> lse, int64_t causal,
-                       int64_t window, int64_t threads) {
+                       ffi::Buffer<ffi::S32> ids, ffi::ResultBuffer<ffi::F32> o, ffi::ResultBuffer<ffi::F32> lse,
+                       int64_t causal, int64_t window, int64_t threads) {
   Shape d = shape_of(q, k);
-  if (auto err = check(d, causal, window); err.failure()) return err;
-  forward(d, causal, window, threads, q.typed_data(), k.typed_data(), v.typed_data(), o->typed_data(), lse->typed_data());
+  if (auto err = check(d, causal, window, ids); err.failure()) return err;
+  forward(d, causal, window, threads, q.typed_data(), k.typed_data(), v.typed_data(), ids.typed_data(),
+          o->typed_data(), lse->typed_data());
   return ffi::Error::Success();
 }
 
 ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
-                        ffi::Buffer<ffi::F32> o, ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout,
-                        ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk,
+                        ffi::Buffer<ffi::S32> ids, ffi::Buffer<ffi::F32> o, ffi::Buffer<ffi::F32> lse,
+                        ffi::Buffer<ffi::F32> dout, ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk,
                         ffi::ResultBuffer<ffi::F32> dv, int64_t causal, int64_t window, int64_t threads) {
   Shape d = shape_of(q, k);
-  if (auto err = check(d, causal, window); err.failure()) return err;
-  backward(d, causal, window, threads, q.typed_data(), k.typed_data(), v.typed_data(), o.typed_data(), lse.typed_data(),
-           dout.typed_data(), dq->typed_data(), dk->typed_data(), dv->typed_data());
+  if (auto err = check(d, causal, window, ids); err.failure()) return err;
+  backward(d, causal, window, threads, q.typed_data(), k.typed_data(), v.typed_data(), ids.typed_data(),
+           o.typed_data(), lse.typed_data(), dout.typed_data(), dq->typed_data(), dk->typed_data(), dv->typed_data());
   return ffi::Error::Success();
 }
 
@@ -332,6 +399,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxformerAttentionForward, ForwardImpl,
                                              .Arg<ffi::Buffer<ffi::F32>>()
                                              .Arg<ffi::Buffer<ffi::F32>>()
                                              .Arg<ffi::Buffer<ffi::F32>>()
+                                             .Arg<ffi::Buffer<ffi::S32>>()
                                              .Ret<ffi::Buffer<ffi::F32>>()
                                              .Ret<ffi::Buffer<ffi::F32>>()));
 
@@ -340,6 +408,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxformerAttentionBackward, BackwardImpl,
                                              .Arg<ffi::Buffer<ffi::F32>>()
                                              .Arg<ffi::Buffer<ffi::F32>>()
                                              .Arg<ffi::Buffer<ffi::F32>>()
+                                             .Arg<ffi::Buffer<ffi::S32>>()
                                              .Arg<ffi::Buffer<ffi::F32>>()
                                              .Arg<ffi::Buffer<ffi::F32>>()
                                              .Arg<ffi::Buffer<ffi::F32>>()

@@ -10,8 +10,9 @@ log-sum-exp so the backward recomputes the probabilities instead of storing them
 Under a sharded jit both calls are split with `custom_partitioning`: each device runs the kernel on its own
 batch rows and KV heads (no collective), its threads sharing the process's cores with the other local devices'.
 
-Float32 only, and no packed-document mask (a sliding window is fine: blocks skip the keys out of reach):
-`auto` picks it on a CPU when those hold and the compiler is there (`attention_kernels.resolve`); naming it
+Float32 only. Sliding windows and packed documents (segment ids: packing, or padding as a segment of its own)
+are masks the kernel applies itself, and its query blocks skip the keys no row of theirs sees. `auto` picks it
+on a CPU when the compute dtype is float32 and the compiler is there (`attention_kernels.resolve`); naming it
 explicitly where it cannot run is one clear error.
 """
 
@@ -108,25 +109,26 @@ def _attrs(causal: bool, window: int, devices: int) -> dict:
     return {"causal": np.int64(causal), "window": np.int64(window), "threads": np.int64(threads(devices))}
 
 
-def _forward_call(q, k, v, causal, window, devices=1):
+def _forward_call(q, k, v, ids, causal, window, devices=1):
     b, t, n, _ = q.shape
     return jax.ffi.ffi_call("jaxformer_attention_fwd", (jax.ShapeDtypeStruct(q.shape, jnp.float32),
                                                        jax.ShapeDtypeStruct((b, n, t), jnp.float32)))(
-        q, k, v, **_attrs(causal, window, devices))
+        q, k, v, ids, **_attrs(causal, window, devices))
 
 
-def _backward_call(q, k, v, out, lse, dout, causal, window, devices=1):
+def _backward_call(q, k, v, ids, out, lse, dout, causal, window, devices=1):
     shapes = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (q, k, v))
-    return tuple(jax.ffi.ffi_call("jaxformer_attention_bwd", shapes)(q, k, v, out, lse, dout,
+    return tuple(jax.ffi.ffi_call("jaxformer_attention_bwd", shapes)(q, k, v, ids, out, lse, dout,
                                                                       **_attrs(causal, window, devices)))
 
 
 # How a sharded step splits the two calls (Shardy rules): every (batch row, KV head) is independent, so batch and
 # KV heads may be sharded and each device runs the kernel on its own shard, with no collective. A query head
 # belongs to its KV head's group (N = G x R, query head i reads KV head i // R), so only G, never R, is split;
-# positions, keys and the head dimension stay whole. Without this XLA gathers every operand onto every device.
-_FWD_RULE = "b t {q} h, b s g h, b s g h -> b t {q} h, b {q} t"
-_BWD_RULE = "b t {q} h, b s g h, b s g h, b t {q} h, b {q} t, b t {q} h -> b t {q} h, b s g h, b s g h"
+# positions, keys and the head dimension stay whole (and the segment ids [B, S] with the keys). Without this XLA
+# gathers every operand onto every device.
+_FWD_RULE = "b t {q} h, b s g h, b s g h, b s -> b t {q} h, b {q} t"
+_BWD_RULE = "b t {q} h, b s g h, b s g h, b s, b t {q} h, b {q} t, b t {q} h -> b t {q} h, b s g h, b s g h"
 
 
 def _rule(template: str):
@@ -159,35 +161,42 @@ def _per_shard(call):
     return partition
 
 
-@functools.partial(custom_partitioning, static_argnums=(3, 4))
-def _forward(q, k, v, causal, window):
-    return _forward_call(q, k, v, causal, window)
+@functools.partial(custom_partitioning, static_argnums=(4, 5))
+def _forward(q, k, v, ids, causal, window):
+    return _forward_call(q, k, v, ids, causal, window)
 
 
-@functools.partial(custom_partitioning, static_argnums=(6, 7))
-def _backward(q, k, v, out, lse, dout, causal, window):
-    return _backward_call(q, k, v, out, lse, dout, causal, window)
+@functools.partial(custom_partitioning, static_argnums=(7, 8))
+def _backward(q, k, v, ids, out, lse, dout, causal, window):
+    return _backward_call(q, k, v, ids, out, lse, dout, causal, window)
 
 
 _forward.def_partition(_per_shard(_forward_call), sharding_rule=_rule(_FWD_RULE))
 _backward.def_partition(_per_shard(_backward_call), sharding_rule=_rule(_BWD_RULE))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def attention(q_BxTxNxH: jax.Array, k_BxSxGxH: jax.Array, v_BxSxGxH: jax.Array, causal: bool,
-              window: int = 0) -> jax.Array:
+def attention(q_BxTxNxH: jax.Array, k_BxSxGxH: jax.Array, v_BxSxGxH: jax.Array, causal: bool, window: int = 0,
+              segment_ids_BxS: jax.Array | None = None) -> jax.Array:
     """softmax(q k^T / sqrt(H)) v by the C++ kernel, float32 in and out: [B, T, N, H]. `window`: a query sees
-    the keys less than `window` positions away (0: all), as `attention_mask` defines it."""
-    return _forward(q_BxTxNxH, k_BxSxGxH, v_BxSxGxH, causal, window)[0]
+    the keys less than `window` positions away (0: all); `segment_ids_BxS`: only the keys of its own segment
+    (needs S == T; None: one segment), as `attention_mask` defines both."""
+    if segment_ids_BxS is None:
+        segment_ids_BxS = jnp.zeros(k_BxSxGxH.shape[:2], jnp.int32)
+    return _attention(q_BxTxNxH, k_BxSxGxH, v_BxSxGxH, segment_ids_BxS.astype(jnp.int32), causal, window)
 
 
-def _attention_fwd(q, k, v, causal, window):
-    out, lse = _forward(q, k, v, causal, window)
-    return out, (q, k, v, out, lse)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _attention(q, k, v, ids, causal, window):
+    return _forward(q, k, v, ids, causal, window)[0]
+
+
+def _attention_fwd(q, k, v, ids, causal, window):
+    out, lse = _forward(q, k, v, ids, causal, window)
+    return out, (q, k, v, ids, out, lse)
 
 
 def _attention_bwd(causal, window, residuals, dout):
-    return _backward(*residuals, dout, causal, window)
+    return (*_backward(*residuals, dout, causal, window), None)  # segment ids: integers, no gradient
 
 
-attention.defvjp(_attention_fwd, _attention_bwd)
+_attention.defvjp(_attention_fwd, _attention_bwd)
