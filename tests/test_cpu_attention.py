@@ -123,7 +123,7 @@ def test_a_sharded_step_runs_the_kernel_per_shard(n, g):
 def test_the_flop_count_follows_the_keys_each_block_reads(causal, window):
     """`keys_multiplied` (jaxformer params' executed FLOPs) against the blocks read off the naive mask: each
     BLOCK-row block multiplies the keys from the first to the last one any of its rows sees, widened to whole
-    multiples of BLOCK keys."""
+    multiples of KEY_PANEL keys."""
     t = 150
     i = np.arange(t)
     visible = np.ones((t, t), bool)
@@ -131,10 +131,10 @@ def test_the_flop_count_follows_the_keys_each_block_reads(causal, window):
         visible &= i[None, :] <= i[:, None]
     if window:
         visible &= np.abs(i[:, None] - i[None, :]) < window
-    block, keys = attention_kernels.BLOCK, 0
+    block, panel, keys = attention_kernels.BLOCK, attention_kernels.KEY_PANEL, 0
     for start in range(0, t, block):
         cols = np.flatnonzero(visible[start:start + block].any(axis=0))
-        lo, hi = cols.min() // block * block, min(t, -(-(cols.max() + 1) // block) * block)
+        lo, hi = cols.min() // panel * panel, min(t, -(-(cols.max() + 1) // panel) * panel)
         keys += min(block, t - start) * (hi - lo)
     assert attention_kernels.keys_multiplied(t, causal=causal, impl="cpp", window=window) == keys / t
 

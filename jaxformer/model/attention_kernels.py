@@ -45,6 +45,8 @@ IMPLS = ("auto", "xla", "blocked", "cpp", "cudnn", "pallas")
 # on a 2-core CPU (32 loses to per-block overhead, 128 skips less of the upper triangle). cpu_attention.cc's BQ
 # is the same, so both skip the same products.
 BLOCK = 64
+# cpu_attention.cc widens each block's key range to whole multiples of this many keys (its KP).
+KEY_PANEL = 16
 
 
 def resolve(impl: str, dtype: str, *, window: int = 0, segment_ids: bool = False, backend: str | None = None) -> str:
@@ -71,7 +73,7 @@ def resolve_for(cfg) -> str:
 def keys_multiplied(t: int, *, causal: bool, impl: str, window: int = 0) -> float:
     """Average number of keys per query whose products the kernel `impl` (resolved) computes in a window of t
     positions: `blocked` and `cpp` stop each causal query block at its last row, and in a sliding `window`
-    `cpp` reads only the keys some row of the block sees, widened to whole multiples of BLOCK keys; the others
+    `cpp` reads only the keys some row of the block sees, widened to whole multiples of KEY_PANEL keys; the others
     compute the full square (the fused kernels skip masked tiles too, but by their own tiling, so T stays their
     upper bound). Packed documents, which `cpp` also skips, depend on the data: not counted, an upper bound."""
     window = window if impl == "cpp" else 0
@@ -82,7 +84,7 @@ def keys_multiplied(t: int, *, causal: bool, impl: str, window: int = 0) -> floa
         stop = min(start + BLOCK, t)
         first = max(0, start - window + 1) if window else 0
         last = stop if causal else min(t, stop - 1 + window)
-        total += (stop - start) * (min(t, -(-last // BLOCK) * BLOCK) - first // BLOCK * BLOCK)
+        total += (stop - start) * (min(t, -(-last // KEY_PANEL) * KEY_PANEL) - first // KEY_PANEL * KEY_PANEL)
     return total / t
 
 

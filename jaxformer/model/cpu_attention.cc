@@ -214,18 +214,32 @@ Keys row_keys(const Shape& d, long qi, bool causal, long window, const Documents
           std::min(doc.hi, causal ? qi + 1 : window ? std::min(d.s, qi + window) : d.s)};
 }
 
+// Key ranges are widened to multiples of KP keys (within S) so the products run on whole vectors: a ragged width
+// left the scalar column loop a third of a windowed call. KP = 16 rather than BQ: packed blocks 1.15-1.17x and
+// a window of 24 1.22x faster (forward + backward), the rest unchanged (attention_kernels.KEY_PANEL mirrors it).
+constexpr long KP = 16;
+
 // The keys a query block reads: from the first key any of its rows sees to the last, so causal blocks stop at
 // their last row (as the `blocked` XLA kernel does), windowed blocks skip the keys out of reach and packed
-// documents the keys of other documents; widened to multiples of BQ keys (within S) so the products run on
-// whole register-tile panels (a ragged width left the scalar column loop a third of a windowed call); the extra
-// keys get P = 0 like any masked one.
+// documents the keys of other documents; the keys added by the widening get P = 0 like any masked one.
 Keys block_keys(const Shape& d, long q0, long rows, bool causal, long window, const Documents& docs) {
   Keys keys = row_keys(d, q0, causal, window, docs);
   for (long qi = q0 + 1; qi < q0 + rows; ++qi) {
     const Keys row = row_keys(d, qi, causal, window, docs);
     keys = {std::min(keys.lo, row.lo), std::max(keys.hi, row.hi)};
   }
-  return {keys.lo - keys.lo % BQ, std::min(d.s, (keys.hi + BQ - 1) / BQ * BQ)};
+  return {keys.lo - keys.lo % KP, std::min(d.s, (keys.hi + KP - 1) / KP * KP)};
+}
+
+// The end of the query block that starts at row q0: BQ rows, or fewer where a document ends inside them, so that
+// the rows of two packed documents never read the union of both documents' keys (rows with the same extent are
+// the rows of one document): packed bidirectional blocks 1.16x faster (forward + backward), causal ones and
+// unpacked rows unchanged.
+long block_end(const Documents& docs, long q0, long t) {
+  const long end = std::min(q0 + BQ, t);
+  long q1 = q0 + 1;
+  while (q1 < end && docs.extent[q1].lo == docs.extent[q0].lo) ++q1;
+  return q1;
 }
 
 // Runs fn(task) for task in [0, tasks) on `threads` threads (this one included).
@@ -264,8 +278,9 @@ void forward(const Shape& d, bool causal, long window, long threads, const float
     transpose_rows(k0, d.s, d.h, d.k_row(), kt.data());
     for (long ri = 0; ri < d.r(); ++ri) {
       const long ni = gi * d.r() + ri;
-      for (long q0 = 0; q0 < d.t; q0 += BQ) {
-        const long rows = std::min(BQ, d.t - q0);
+      for (long q0 = 0, q1; q0 < d.t; q0 = q1) {
+        q1 = block_end(docs, q0, d.t);
+        const long rows = q1 - q0;
         const Keys kb = block_keys(d, q0, rows, causal, window, docs);
         const long keys = kb.size();
         const float* qb = q + ((bi * d.t + q0) * d.n + ni) * d.h;
@@ -309,8 +324,9 @@ void backward(const Shape& d, bool causal, long window, long threads, const floa
     transpose_rows(v + kv_off, d.s, d.h, d.k_row(), vt.data());
     for (long ri = 0; ri < d.r(); ++ri) {
       const long ni = gi * d.r() + ri;
-      for (long q0 = 0; q0 < d.t; q0 += BQ) {
-        const long rows = std::min(BQ, d.t - q0);
+      for (long q0 = 0, q1; q0 < d.t; q0 = q1) {
+        q1 = block_end(docs, q0, d.t);
+        const long rows = q1 - q0;
         const Keys kb = block_keys(d, q0, rows, causal, window, docs);
         const long keys = kb.size();
         const long row_off = ((bi * d.t + q0) * d.n + ni) * d.h;
