@@ -3,8 +3,8 @@
 //
 // Why it exists: XLA:CPU runs attention's batched [T, H] x [H, S] products on one core (the batch loop is not
 // split across threads) and writes every score and probability tensor to memory between them. Here one task is
-// one (batch row, KV head): its queries, in blocks of BQ rows, go through scores -> softmax -> P V with the
-// block's scores in cache, and the tasks are spread over all cores.
+// one (batch row, KV head): its queries, in blocks of up to BQ rows (a block ends where a packed document does),
+// go through scores -> softmax -> P V with the block's scores in cache, and the tasks are spread over all cores.
 //
 // Layouts are the model's own: q, o, dq [B, T, N, H]; k, v, dk, dv [B, S, G, H] (N = G x R query heads, query
 // head n reads KV head n / R); lse [B, N, T] (log-sum-exp of each row's scaled scores, saved for the backward).
