@@ -23,9 +23,9 @@
   `jax.nn.dot_product_attention`'s own default (`implementation=None`) picks XLA in this JAX version, so without
   this setting nothing would run a flash kernel.
 
-The fused kernels take no explicit mask: causal, sliding window (cuDNN and cpp) and document boundaries (segment
-ids; cpp and Pallas, not cuDNN in this JAX) are arguments. Decoding with a KV cache always uses `xla` (one query row per step
-gains nothing from a flash kernel, and the cache needs a position mask).
+The fused kernels take no explicit mask: causal, sliding window (cuDNN and cpp) and document boundaries
+(segment ids; cpp and Pallas, not cuDNN in this JAX) are arguments. Decoding with a KV cache always uses `xla`
+(one query row per step gains nothing from a flash kernel, and the cache needs a position mask).
 """
 
 from __future__ import annotations
