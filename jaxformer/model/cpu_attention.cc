@@ -399,10 +399,20 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::B
   return ffi::Error::Success();
 }
 
-// Both handlers take the same attributes (cpu_attention.py passes them by name).
+// Both handlers read q, k, v and the segment ids first and take the same attributes (cpu_attention.py passes them
+// by name); the builder's methods take the binding as an rvalue.
+template <typename Binding>
+auto with_inputs(Binding binding) {
+  return std::move(binding)
+      .template Arg<ffi::Buffer<ffi::F32>>()   // q
+      .template Arg<ffi::Buffer<ffi::F32>>()   // k
+      .template Arg<ffi::Buffer<ffi::F32>>()   // v
+      .template Arg<ffi::Buffer<ffi::S32>>();  // segment ids
+}
+
 template <typename Binding>
 auto with_attrs(Binding binding) {
-  return std::move(binding)  // the builder's methods take it as an rvalue
+  return std::move(binding)
       .template Attr<int64_t>("causal")
       .template Attr<int64_t>("window")
       .template Attr<int64_t>("threads");
@@ -411,23 +421,15 @@ auto with_attrs(Binding binding) {
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxformerAttentionForward, ForwardImpl,
-                              with_attrs(ffi::Ffi::Bind()
-                                             .Arg<ffi::Buffer<ffi::F32>>()
-                                             .Arg<ffi::Buffer<ffi::F32>>()
-                                             .Arg<ffi::Buffer<ffi::F32>>()
-                                             .Arg<ffi::Buffer<ffi::S32>>()
-                                             .Ret<ffi::Buffer<ffi::F32>>()
-                                             .Ret<ffi::Buffer<ffi::F32>>()));
+                              with_attrs(with_inputs(ffi::Ffi::Bind())
+                                             .Ret<ffi::Buffer<ffi::F32>>()    // o
+                                             .Ret<ffi::Buffer<ffi::F32>>()));  // lse
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxformerAttentionBackward, BackwardImpl,
-                              with_attrs(ffi::Ffi::Bind()
-                                             .Arg<ffi::Buffer<ffi::F32>>()
-                                             .Arg<ffi::Buffer<ffi::F32>>()
-                                             .Arg<ffi::Buffer<ffi::F32>>()
-                                             .Arg<ffi::Buffer<ffi::S32>>()
-                                             .Arg<ffi::Buffer<ffi::F32>>()
-                                             .Arg<ffi::Buffer<ffi::F32>>()
-                                             .Arg<ffi::Buffer<ffi::F32>>()
-                                             .Ret<ffi::Buffer<ffi::F32>>()
-                                             .Ret<ffi::Buffer<ffi::F32>>()
-                                             .Ret<ffi::Buffer<ffi::F32>>()));
+                              with_attrs(with_inputs(ffi::Ffi::Bind())
+                                             .Arg<ffi::Buffer<ffi::F32>>()    // o
+                                             .Arg<ffi::Buffer<ffi::F32>>()    // lse
+                                             .Arg<ffi::Buffer<ffi::F32>>()    // dout
+                                             .Ret<ffi::Buffer<ffi::F32>>()    // dq
+                                             .Ret<ffi::Buffer<ffi::F32>>()    // dk
+                                             .Ret<ffi::Buffer<ffi::F32>>()));  // dv
