@@ -35,6 +35,7 @@ import jax
 from flax import nnx
 
 from jaxformer import config as config_lib
+from jaxformer import objectives
 from jaxformer.model import build_model
 from jaxformer.model.moe import expert_capacity
 
@@ -104,10 +105,23 @@ def _predicted_fraction(cfg: config_lib.Config, head: str) -> tuple[float, float
     return 1.0, 1.0
 
 
+def last_block_skips_rows(cfg: config_lib.Config) -> bool:
+    """Whether training computes the last block at the masked positions only (model.last_block_slots_only: a
+    masked-LM run without segment ids, whose last block the model can run on some rows); `auto` attention counted
+    as `xla`, as everywhere in this report."""
+    from jaxformer.model.transformer import last_block_can_skip_rows
+
+    m = cfg.model
+    if m.attention_impl == "auto":
+        m = replace(m, attention_impl="xla")
+    segment_ids = cfg.data.packing or bool(cfg.objective.pair_task)  # pair rows mark their padding with them
+    return (m.last_block_slots_only and objectives.for_config(cfg).last_block_at_slots
+            and last_block_can_skip_rows(m, causal=False, segment_ids=segment_ids))
+
+
 def count(cfg: config_lib.Config) -> dict:
     """The accounting of a config: parameters and forward FLOPs per token for each component, totals per token
     forward and per training token (executed and ideal), and the walk-through's weight-matrix count."""
-    from jaxformer import objectives
     from jaxformer.model import attention_kernels
     from jaxformer.model.transformer import layer_is_moe, layer_window
 
@@ -117,6 +131,9 @@ def count(cfg: config_lib.Config) -> dict:
     head = objective.head
     executed_fraction, ideal_fraction = _predicted_fraction(cfg, head)
     capacity = expert_capacity(m, t) if m.n_experts else 0
+    # The last block at the masked positions only: its row-wise matmuls (all but the key and value projections)
+    # and its queries' attention run at the head's fraction of the positions.
+    last_rows = last_block_skips_rows(cfg)
 
     params = {name: 0 for name in COMPONENTS}
     executed = {name: 0.0 for name in COMPONENTS}
@@ -151,6 +168,11 @@ def count(cfg: config_lib.Config) -> dict:
                     else (1 / t, 1 / t) if name in ("pooler", "pair_head") else (1.0, 1.0))
         executed[name] += per_token * fraction[0]
         ideal[name] += per_token * fraction[1]
+        if last_rows and name in ("attention.q", "attention.o", "mlp") and (
+                keys[2] in shared_parts or (m.n_layer - 1 - keys[1]) % period == 0):  # this leaf runs the last layer
+            last_layer = 2 * math.prod(leaf.shape)
+            executed[name] -= last_layer * (1 - executed_fraction)
+            ideal[name] -= last_layer * (1 - ideal_fraction)
         # Walk-through convention: one matrix per query/key/value head, one per other kernel.
         per_leaf = leaf.shape[1] if name in ("attention.q", "attention.k", "attention.v") else 1
         matrices += per_leaf * layers
@@ -173,9 +195,11 @@ def count(cfg: config_lib.Config) -> dict:
     impl = "xla" if m.attention_impl == "auto" else m.attention_impl
     for layer in range(m.n_layer):
         # q.k over the keys, then the weighted sum of values: 2 x 2 x d_attn FLOPs per (query, key) pair.
-        executed["attention.scores"] += 4 * d_attn * attention_kernels.keys_multiplied(
+        queries = (executed_fraction, ideal_fraction) if last_rows and layer == m.n_layer - 1 else (1.0, 1.0)
+        executed["attention.scores"] += 4 * d_attn * queries[0] * attention_kernels.keys_multiplied(
             t, causal=objective.causal, impl=impl, window=layer_window(m, layer))
-        ideal["attention.scores"] += 4 * d_attn * _visible_keys(t, objective.causal, layer_window(m, layer))
+        ideal["attention.scores"] += 4 * d_attn * queries[1] * _visible_keys(t, objective.causal,
+                                                                             layer_window(m, layer))
         if layer_is_moe(m, layer):
             e, c, k, d = m.n_experts, capacity, m.moe_top_k, m.d_model
             executed["moe.dispatch"] += 2 * e * c * d * 2 + 2 * k * e * c  # dispatch, combine, combine weights

@@ -23,7 +23,8 @@ LOCK_FILE = ".lock"
 # Keys that may differ between the saved config and a resuming command; every other key must match.
 MAY_CHANGE_ON_RESUME = ("train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
                         "train.keep_checkpoints", "train.on_nonfinite", "mesh.", "data.cache_dir",
-                        "model.attention_impl", "model.dot_grads", "model.xent_chunk")
+                        "model.attention_impl", "model.dot_grads", "model.xent_chunk",
+                        "model.last_block_slots_only")
 
 
 def read_config(workdir: str | Path) -> config_lib.Config:

@@ -80,12 +80,15 @@ def naive_forward_flops(cfg, *, causal: bool, head: str, mask_rate: float = 0.0,
     mlp = 2 * (3 if m.mlp != "gelu" else 2) * d * f
     keys = T if executed or not causal else (T + 1) / 2
     scores = 2 * 2 * n * h * keys
-    if head == "mlm":
-        predicted = math.ceil(mask_rate * T) / T if executed else mask_rate
-        head_flops = predicted * (2 * d * d + 2 * d * V)
-    else:
-        head_flops = 2 * d * V
-    return L * (qkvo + mlp + scores) + head_flops
+    if head != "mlm":
+        return L * (qkvo + mlp + scores) + 2 * d * V
+    predicted = math.ceil(mask_rate * T) / T if executed else mask_rate
+    head_flops = predicted * (2 * d * d + 2 * d * V)
+    if not m.last_block_slots_only:
+        return L * (qkvo + mlp + scores) + head_flops
+    # the last block at the masked positions only: all but its key and value projections
+    kv = 2 * 2 * d * k * h
+    return (L - 1) * (qkvo + mlp + scores) + kv + predicted * (qkvo - kv + mlp + scores) + head_flops
 
 
 def test_untied_lm_head_is_counted_once():
@@ -101,8 +104,9 @@ def test_untied_lm_head_is_counted_once():
 
 
 @pytest.mark.parametrize("model", [dict(), dict(n_kv_heads=1), dict(mlp="swiglu", mlp_ratio=8 / 3),
-                                   dict(tie_embeddings=False, bias=False), dict(head_dim=16, n_layer=3)],
-                         ids=["mha", "mqa", "swiglu", "untied-nobias", "head-dim"])
+                                   dict(tie_embeddings=False, bias=False), dict(head_dim=16, n_layer=3),
+                                   dict(last_block_slots_only=False)],
+                         ids=["mha", "mqa", "swiglu", "untied-nobias", "head-dim", "full-last-block"])
 @pytest.mark.parametrize("kind", ["clm", "mlm"])
 def test_forward_flops_match_the_formulas(kind, model):
     cfg = tiny_config(kind, model=model, train=dict(seq_len=32))
@@ -194,10 +198,8 @@ def test_executed_flops_match_xla(kind, model):
 
         ex["mask_positions"] = jax.ShapeDtypeStruct((b, n_mask_slots(cfg.objective.mask_rate, t)), jnp.int32)
 
-    def forward(state, ex):
-        model = nnx.merge(graphdef, state)
-        hidden, _, _ = model(ex["inputs"], causal=objective.causal)
-        return objective.scores(model, hidden, ex)
+    def forward(state, ex):  # the training loss's path (an MLM's last block at the masked positions only)
+        return objective.logits(nnx.merge(graphdef, state), ex)[0]
 
     ours = counts["forward_flops_per_token"]["executed"] * b * t
     traced = _dot_flops(jax.make_jaxpr(forward)(state, ex).jaxpr)

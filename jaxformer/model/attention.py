@@ -68,18 +68,28 @@ class Attention(nnx.Module):
                         bias_axes=("norm",), cfg=cfg, rngs=rngs, std=residual_std(cfg))
 
     def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, *, causal: bool,
-                 segment_ids_BxT: jax.Array | None = None,
-                 cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
-        q_BxTxNxH, k_BxTxGxH, v_BxTxGxH = self.q(x_BxTxD), self.k(x_BxTxD), self.v(x_BxTxD)
+                 segment_ids_BxT: jax.Array | None = None, cache: KVCache | None = None,
+                 query_rows_BxR: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
+        """`query_rows_BxR`: queries (and the output) at these positions only, [B, R, D]; keys and values at all
+        T. Bidirectional, global, without segment ids or cache (`last_block_can_skip_rows`)."""
+        q_positions_BxR = positions_BxT
+        x_BxRxD = x_BxTxD
+        if query_rows_BxR is not None:
+            if causal or self.window or segment_ids_BxT is not None or cache is not None:
+                raise ValueError("query rows are built for global bidirectional attention without segment ids "
+                                 "or cache")
+            q_positions_BxR = jnp.take_along_axis(positions_BxT, query_rows_BxR, axis=1)
+            x_BxRxD = jnp.take_along_axis(x_BxTxD, query_rows_BxR[..., None], axis=1)
+        q_BxRxNxH, k_BxTxGxH, v_BxTxGxH = self.q(x_BxRxD), self.k(x_BxTxD), self.v(x_BxTxD)
         if self.positions == "rope":
-            q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, self.rope_theta)
+            q_BxRxNxH = apply_rope(q_BxRxNxH, q_positions_BxR, self.rope_theta)
             k_BxTxGxH = apply_rope(k_BxTxGxH, positions_BxT, self.rope_theta)
         if self.record_probs and cache is None:
-            mask = attention_mask(positions_BxT, positions_BxT, causal=causal, window=self.window,
+            mask = attention_mask(q_positions_BxR, positions_BxT, causal=causal, window=self.window,
                                   q_seg_BxT=segment_ids_BxT, k_seg_BxS=segment_ids_BxT)
-            self.sow(nnx.Intermediate, "probs", attention_probs(q_BxTxNxH, k_BxTxGxH, mask))
+            self.sow(nnx.Intermediate, "probs", attention_probs(q_BxRxNxH, k_BxTxGxH, mask))
         if cache is not None:
-            out, cache = self._attend_cached(q_BxTxNxH, k_BxTxGxH, v_BxTxGxH, positions_BxT, causal, cache)
+            out, cache = self._attend_cached(q_BxRxNxH, k_BxTxGxH, v_BxTxGxH, positions_BxT, causal, cache)
         else:
             impl = attention_kernels.resolve(self.impl, self.dtype, window=self.window,
                                              segment_ids=segment_ids_BxT is not None)
@@ -90,7 +100,7 @@ class Attention(nnx.Module):
             if segment_ids_BxT is not None and impl in ("xla", "blocked"):
                 mask = attention_mask(positions_BxT, positions_BxT, causal=causal, window=self.window,
                                       q_seg_BxT=segment_ids_BxT, k_seg_BxS=segment_ids_BxT)
-            out = attention_kernels.attend(q_BxTxNxH, k_BxTxGxH, v_BxTxGxH, impl=impl, causal=causal,
+            out = attention_kernels.attend(q_BxRxNxH, k_BxTxGxH, v_BxTxGxH, impl=impl, causal=causal,
                                            window=self.window, segment_ids_BxT=segment_ids_BxT, mask=mask)
         return self.o(out), cache
 

@@ -13,7 +13,7 @@ from flax import nnx
 
 from jaxformer import objectives
 from jaxformer.config import Config, ModelConfig
-from jaxformer.model import dot_grads
+from jaxformer.model import attention_kernels, dot_grads
 from jaxformer.model.attention import Attention, KVCache, init_cache
 from jaxformer.model.layers import MLP, Linear, Norm, activation, dropout, dtypes
 from jaxformer.model.moe import MoE
@@ -29,6 +29,19 @@ def layer_window(cfg: ModelConfig, layer: int) -> int:
 
 def layer_is_moe(cfg: ModelConfig, layer: int) -> bool:
     return cfg.n_experts > 0 and (layer + 1) % cfg.moe_every == 0
+
+
+def last_block_can_skip_rows(cfg: ModelConfig, *, causal: bool, segment_ids: bool) -> bool:
+    """Whether the last block may compute only some rows (`Transformer.__call__(rows_BxR=...)`): exactly the
+    full block's output at those rows when every row's output depends on the other positions only through keys
+    and values, i.e. not with MoE (capacity and the balancing loss depend on every token). Built for the masks
+    every kernel takes over fewer queries than keys: bidirectional, no window, no segment ids; and for the
+    kernels tested on CPU (xla, blocked, cpp)."""
+    last = cfg.n_layer - 1
+    impl = attention_kernels.resolve(cfg.attention_impl, cfg.dtype, window=layer_window(cfg, last),
+                                     segment_ids=segment_ids)
+    return (not causal and not segment_ids and not layer_window(cfg, last) and not layer_is_moe(cfg, last)
+            and impl in ("xla", "blocked", "cpp"))
 
 
 class Block(nnx.Module):
@@ -51,19 +64,23 @@ class Block(nnx.Module):
             self.mlp_norm = Norm(cfg)
             self.mlp = MoE(cfg, rngs=rngs) if layer_is_moe(cfg, layer) else MLP(cfg, rngs=rngs)
 
-    def __call__(self, x_BxTxD, positions_BxT, *, causal: bool, segment_ids_BxT=None, cache=None, rng=None):
+    def __call__(self, x_BxTxD, positions_BxT, *, causal: bool, segment_ids_BxT=None, cache=None, rng=None,
+                 rows_BxR=None):
+        """`rows_BxR`: compute the block's output at these positions only, [B, R, D] (keys and values still come
+        from all T); None: at every position. Everything after the key/value projections is row-wise."""
         rng_attn, rng_mlp = jax.random.split(rng) if rng is not None else (None, None)
+        x_BxRxD = x_BxTxD if rows_BxR is None else jnp.take_along_axis(x_BxTxD, rows_BxR[..., None], axis=1)
         if self.post_norm:
             h, cache = self.attn(x_BxTxD, positions_BxT, causal=causal, segment_ids_BxT=segment_ids_BxT,
-                                 cache=cache)
-            x_BxTxD = self.attn_norm(x_BxTxD + dropout(h, self.rate, rng_attn))
-            h, aux = self.mlp(x_BxTxD)
-            return self.mlp_norm(x_BxTxD + dropout(h, self.rate, rng_mlp)), aux, cache
+                                 cache=cache, query_rows_BxR=rows_BxR)
+            x_BxRxD = self.attn_norm(x_BxRxD + dropout(h, self.rate, rng_attn))
+            h, aux = self.mlp(x_BxRxD)
+            return self.mlp_norm(x_BxRxD + dropout(h, self.rate, rng_mlp)), aux, cache
         h, cache = self.attn(self.attn_norm(x_BxTxD), positions_BxT, causal=causal,
-                             segment_ids_BxT=segment_ids_BxT, cache=cache)
-        x_BxTxD = x_BxTxD + dropout(h, self.rate, rng_attn)
-        h, aux = self.mlp(self.mlp_norm(x_BxTxD))
-        return x_BxTxD + dropout(h, self.rate, rng_mlp), aux, cache
+                             segment_ids_BxT=segment_ids_BxT, cache=cache, query_rows_BxR=rows_BxR)
+        x_BxRxD = x_BxRxD + dropout(h, self.rate, rng_attn)
+        h, aux = self.mlp(self.mlp_norm(x_BxRxD))
+        return x_BxRxD + dropout(h, self.rate, rng_mlp), aux, cache
 
 
 class Transformer(nnx.Module):
@@ -124,13 +141,15 @@ class Transformer(nnx.Module):
 
     def __call__(self, tokens_BxT: jax.Array, *, causal: bool, positions_BxT: jax.Array | None = None,
                  segment_ids_BxT: jax.Array | None = None, rng: jax.Array | None = None,
-                 cache: list[KVCache] | None = None, token_types_BxT: jax.Array | None = None
-                 ) -> tuple[jax.Array, jax.Array, list[KVCache] | None]:
+                 cache: list[KVCache] | None = None, token_types_BxT: jax.Array | None = None,
+                 rows_BxR: jax.Array | None = None) -> tuple[jax.Array, jax.Array, list[KVCache] | None]:
         """Tokens -> final hidden states [B, T, D], the summed MoE auxiliary loss, and the updated KV cache.
 
         `rng=None` is deterministic (no dropout). With `cache`, the tokens are written at their positions.
         `token_types_BxT`: segment (A/B) ids for the type embeddings; None is type 0 everywhere (as in BERT).
         `segment_ids_BxT` is something else: the packing/padding ids that limit attention.
+        `rows_BxR`: return the final states at these positions only, [B, R, D], the last block computing nothing
+        else (`last_block_can_skip_rows` says when it can; the masked-LM loss reads R = 15% of the positions).
         """
         cfg = self.cfg
         if positions_BxT is None:
@@ -150,16 +169,18 @@ class Transformer(nnx.Module):
         if self.embed_proj is not None:
             x_BxTxD = self.embed_proj(x_BxTxD)
 
-        def run_block(block, x, positions, segment_ids, layer_cache, layer_rng):
-            return block(x, positions, causal=causal, segment_ids_BxT=segment_ids, cache=layer_cache, rng=layer_rng)
+        def run_block(block, x, positions, segment_ids, layer_cache, layer_rng, rows):
+            return block(x, positions, causal=causal, segment_ids_BxT=segment_ids, cache=layer_cache, rng=layer_rng,
+                         rows_BxR=rows)
 
         if cfg.remat:
             run_block = nnx.remat(run_block)
         aux_total = jnp.zeros((), jnp.float32)
         new_cache = [] if cache is not None else None
         for i, block in enumerate(self.blocks):
+            rows = rows_BxR if i == cfg.n_layer - 1 else None
             x_BxTxD, aux, layer_cache = run_block(block, x_BxTxD, positions_BxT, segment_ids_BxT,
-                                                  None if cache is None else cache[i], rngs[i])
+                                                  None if cache is None else cache[i], rngs[i], rows)
             aux_total = aux_total + aux
             if cache is not None:
                 new_cache.append(layer_cache)

@@ -39,6 +39,9 @@ class Objective:
     token_level: ClassVar[bool] = True  # one prediction per token (perplexity/bpc mean something), else per example
     reads_corpus: ClassVar[bool] = True  # trains on the corpus `cfg.data` names; False: brings its own examples
     pair_tasks: ClassVar[bool] = False  # whether objective.pair_task (NSP / SOP) can train beside it
+    # Whether its training loss runs the last block at the predicted slots only (`slot_states`, where the model
+    # can: model.last_block_slots_only); `jaxformer params` counts the FLOPs by it.
+    last_block_at_slots: ClassVar[bool] = False
 
     @classmethod
     def resolve_config(cls, o: ObjectiveConfig) -> ObjectiveConfig:
@@ -104,8 +107,17 @@ class Objective:
                                      rng=rng)
         return hidden_BxTxD, aux
 
+    def slot_states(self, model, ex: dict, *, rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """The final hidden states [B, P, D] at the predicted slots of `ex` (the forward pass), and the MoE
+        auxiliary loss."""
+        hidden_BxTxD, aux = self.forward(model, ex, rng=rng)
+        return self.slot_hidden(hidden_BxTxD, ex), aux
+
     def logits(self, model, ex: dict, *, rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """float32 logits at the predicted slots of `ex` (the forward pass), and the MoE auxiliary loss."""
+        if self.head in ("lm", "mlm"):  # vocabulary heads: from the slot states (MLM computes only those)
+            h_BxPxD, aux = self.slot_states(model, ex, rng=rng)
+            return self.head_logits(model, h_BxPxD).astype(jnp.float32), aux
         hidden_BxTxD, aux = self.forward(model, ex, rng=rng)
         return self.scores(model, hidden_BxTxD, ex).astype(jnp.float32), aux
 
@@ -113,8 +125,7 @@ class Objective:
         """Summed cross-entropy over weighted predictions, plus sums for accuracy and the MoE auxiliary loss."""
         chunk = model.cfg.xent_chunk
         if chunk > 0 and self.head in ("lm", "mlm"):  # vocabulary heads: never all [P, V] logits at once
-            hidden_BxTxD, aux = self.forward(model, ex, rng=rng)
-            h_BxPxD = self.slot_hidden(hidden_BxTxD, ex)
+            h_BxPxD, aux = self.slot_states(model, ex, rng=rng)
             h_BxPxE, bias_U = self.head_inputs(model, h_BxPxD)
             table, table_axes = model.vocab_table()
             xent_sum, correct_sum = fused_xent_sums(

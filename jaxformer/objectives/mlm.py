@@ -62,6 +62,7 @@ class MaskedLM(Objective):
     head = "mlm"
     abilities = frozenset({"fill-mask"})
     pair_tasks = True
+    last_block_at_slots = True
 
     @classmethod
     def validate_config(cls, cfg: Config) -> None:
@@ -148,6 +149,22 @@ class MaskedLM(Objective):
         inputs_BxT = tokens_BxT.at[jnp.arange(b)[:, None], positions_BxM].set(replaced_BxM)
         return {"inputs": inputs_BxT, "mask_positions": positions_BxM, "targets": targets_BxM,
                 "weights": chosen_BxM.astype(jnp.float32)}
+
+    def slot_states(self, model, ex, *, rng=None):
+        """The last block computes its output at the masked positions alone (`model.last_block_slots_only`): the
+        loss reads nothing else of it, so the result is the full forward's at those rows (dropout in that block
+        draws its masks at those rows only). 1 - mask_rate of the last block's work is skipped, except the key
+        and value projections, which every position still needs."""
+        # imported here: the model module imports objectives
+        from jaxformer.model.transformer import last_block_can_skip_rows
+
+        segment_ids = ex.get("segment_ids")
+        if not (model.cfg.last_block_slots_only and last_block_can_skip_rows(
+                model.cfg, causal=self.causal, segment_ids=segment_ids is not None)):
+            return super().slot_states(model, ex, rng=rng)
+        h_BxMxD, aux, _ = model(ex["inputs"], causal=self.causal, positions_BxT=ex.get("positions"),
+                                token_types_BxT=ex.get("token_types"), rng=rng, rows_BxR=ex["mask_positions"])
+        return h_BxMxD, aux
 
     def slot_hidden(self, hidden_BxTxD, ex):
         # Only the masked positions reach the head: [B, T, D] -> [B, M, D].
