@@ -71,11 +71,11 @@ class ModelConfig:
     # -1 (auto, resolved when a run is made): 8192 on GPUs and TPUs (GPT-2 small on an H200: 1.02x the tokens/s,
     # 74% of the scratch memory), 0 on CPUs (no faster there).
     xent_chunk: int = -1
-    # Masked LM: the last block computes only the positions the loss reads (its queries, attention output and MLP
-    # at the masked slots; keys and values at every position), since nothing else of it reaches the loss
-    # (jaxformer/objectives/mlm.py). The full block where that is not exact or not built: a sliding window or MoE
-    # in the last layer, packed documents or sentence pairs (segment ids), the cuDNN / Pallas kernels. Same loss,
-    # so runs may switch on resume.
+    # Masked LM and classification by [CLS] / last token: the last block computes only the positions the loss
+    # reads (its queries, attention output and MLP at the masked slots and a pair task's [CLS], or at the pooled
+    # token; keys and values at every position), since nothing else of it reaches the loss
+    # (jaxformer/objectives/mlm.py, classify.py). The whole block under MoE in the last layer (capacity and the
+    # balancing loss see every token). Same loss, so runs may switch on resume.
     last_block_slots_only: bool = True
     # Segment (token-type) embeddings: how many types (BERT: 2, sentence A / B); 0 = none.
     type_vocab_size: int = 0

@@ -106,17 +106,12 @@ def _predicted_fraction(cfg: config_lib.Config, head: str) -> tuple[float, float
 
 
 def last_block_skips_rows(cfg: config_lib.Config) -> bool:
-    """Whether training computes the last block at the masked positions only (model.last_block_slots_only: a
-    masked-LM run without segment ids, whose last block the model can run on some rows); `auto` attention counted
-    as `xla`, as everywhere in this report."""
+    """Whether training computes the last block at the masked positions only (model.last_block_slots_only, a
+    masked-LM run whose last block is not MoE)."""
     from jaxformer.model.transformer import last_block_can_skip_rows
 
     m = cfg.model
-    if m.attention_impl == "auto":
-        m = replace(m, attention_impl="xla")
-    segment_ids = cfg.data.packing or bool(cfg.objective.pair_task)  # pair rows mark their padding with them
-    return (m.last_block_slots_only and objectives.for_config(cfg).last_block_at_slots
-            and last_block_can_skip_rows(m, causal=False, segment_ids=segment_ids))
+    return m.last_block_slots_only and objectives.for_config(cfg).last_block_at_slots and last_block_can_skip_rows(m)
 
 
 def count(cfg: config_lib.Config) -> dict:
@@ -131,9 +126,12 @@ def count(cfg: config_lib.Config) -> dict:
     head = objective.head
     executed_fraction, ideal_fraction = _predicted_fraction(cfg, head)
     capacity = expert_capacity(m, t) if m.n_experts else 0
-    # The last block at the masked positions only: its row-wise matmuls (all but the key and value projections)
-    # and its queries' attention run at the head's fraction of the positions.
+    # The last block at the masked positions (and [CLS] with a pair task) only: its row-wise matmuls (all but the
+    # key and value projections) and its queries' attention run at that fraction of the positions, the attention
+    # over all T keys (the XLA kernel with a mask where one is needed).
     last_rows = last_block_skips_rows(cfg)
+    cls = 1 / t if cfg.objective.pair_task else 0.0
+    rows_fraction = (executed_fraction + cls, ideal_fraction + cls)
 
     params = {name: 0 for name in COMPONENTS}
     executed = {name: 0.0 for name in COMPONENTS}
@@ -171,8 +169,8 @@ def count(cfg: config_lib.Config) -> dict:
         if last_rows and name in ("attention.q", "attention.o", "mlp") and (
                 keys[2] in shared_parts or (m.n_layer - 1 - keys[1]) % period == 0):  # this leaf runs the last layer
             last_layer = 2 * math.prod(leaf.shape)
-            executed[name] -= last_layer * (1 - executed_fraction)
-            ideal[name] -= last_layer * (1 - ideal_fraction)
+            executed[name] -= last_layer * (1 - rows_fraction[0])
+            ideal[name] -= last_layer * (1 - rows_fraction[1])
         # Walk-through convention: one matrix per query/key/value head, one per other kernel.
         per_leaf = leaf.shape[1] if name in ("attention.q", "attention.k", "attention.v") else 1
         matrices += per_leaf * layers
@@ -195,11 +193,14 @@ def count(cfg: config_lib.Config) -> dict:
     impl = "xla" if m.attention_impl == "auto" else m.attention_impl
     for layer in range(m.n_layer):
         # q.k over the keys, then the weighted sum of values: 2 x 2 x d_attn FLOPs per (query, key) pair.
-        queries = (executed_fraction, ideal_fraction) if last_rows and layer == m.n_layer - 1 else (1.0, 1.0)
-        executed["attention.scores"] += 4 * d_attn * queries[0] * attention_kernels.keys_multiplied(
-            t, causal=objective.causal, impl=impl, window=layer_window(m, layer))
-        ideal["attention.scores"] += 4 * d_attn * queries[1] * _visible_keys(t, objective.causal,
-                                                                             layer_window(m, layer))
+        window = layer_window(m, layer)
+        if last_rows and layer == m.n_layer - 1:
+            executed["attention.scores"] += 4 * d_attn * rows_fraction[0] * t
+            ideal["attention.scores"] += 4 * d_attn * rows_fraction[1] * _visible_keys(t, objective.causal, window)
+        else:
+            executed["attention.scores"] += 4 * d_attn * attention_kernels.keys_multiplied(
+                t, causal=objective.causal, impl=impl, window=window)
+            ideal["attention.scores"] += 4 * d_attn * _visible_keys(t, objective.causal, window)
         if layer_is_moe(m, layer):
             e, c, k, d = m.n_experts, capacity, m.moe_top_k, m.d_model
             executed["moe.dispatch"] += 2 * e * c * d * 2 + 2 * k * e * c  # dispatch, combine, combine weights

@@ -71,14 +71,14 @@ class Attention(nnx.Module):
                  segment_ids_BxT: jax.Array | None = None, cache: KVCache | None = None,
                  query_rows_BxR: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
         """`query_rows_BxR`: queries (and the output) at these positions only, [B, R, D]; keys and values at all
-        T. Bidirectional, global, without segment ids or cache (`last_block_can_skip_rows`)."""
-        q_positions_BxR = positions_BxT
-        x_BxRxD = x_BxTxD
+        T (training only: no cache)."""
+        q_positions_BxR, q_segment_ids_BxR, x_BxRxD = positions_BxT, segment_ids_BxT, x_BxTxD
         if query_rows_BxR is not None:
-            if causal or self.window or segment_ids_BxT is not None or cache is not None:
-                raise ValueError("query rows are built for global bidirectional attention without segment ids "
-                                 "or cache")
+            if cache is not None:
+                raise ValueError("query rows are for training steps, not for decoding with a KV cache")
             q_positions_BxR = jnp.take_along_axis(positions_BxT, query_rows_BxR, axis=1)
+            if segment_ids_BxT is not None:
+                q_segment_ids_BxR = jnp.take_along_axis(segment_ids_BxT, query_rows_BxR, axis=1)
             x_BxRxD = jnp.take_along_axis(x_BxTxD, query_rows_BxR[..., None], axis=1)
         q_BxRxNxH, k_BxTxGxH, v_BxTxGxH = self.q(x_BxRxD), self.k(x_BxTxD), self.v(x_BxTxD)
         if self.positions == "rope":
@@ -86,10 +86,13 @@ class Attention(nnx.Module):
             k_BxTxGxH = apply_rope(k_BxTxGxH, positions_BxT, self.rope_theta)
         if self.record_probs and cache is None:
             mask = attention_mask(q_positions_BxR, positions_BxT, causal=causal, window=self.window,
-                                  q_seg_BxT=segment_ids_BxT, k_seg_BxS=segment_ids_BxT)
+                                  q_seg_BxT=q_segment_ids_BxR, k_seg_BxS=segment_ids_BxT)
             self.sow(nnx.Intermediate, "probs", attention_probs(q_BxRxNxH, k_BxTxGxH, mask))
         if cache is not None:
             out, cache = self._attend_cached(q_BxRxNxH, k_BxTxGxH, v_BxTxGxH, positions_BxT, causal, cache)
+        elif query_rows_BxR is not None:
+            out = self._attend_rows(q_BxRxNxH, k_BxTxGxH, v_BxTxGxH, q_positions_BxR, positions_BxT, causal,
+                                    q_segment_ids_BxR, segment_ids_BxT)
         else:
             impl = attention_kernels.resolve(self.impl, self.dtype, window=self.window,
                                              segment_ids=segment_ids_BxT is not None)
@@ -103,6 +106,20 @@ class Attention(nnx.Module):
             out = attention_kernels.attend(q_BxRxNxH, k_BxTxGxH, v_BxTxGxH, impl=impl, causal=causal,
                                            window=self.window, segment_ids_BxT=segment_ids_BxT, mask=mask)
         return self.o(out), cache
+
+    def _attend_rows(self, q_BxRxNxH, k_BxTxGxH, v_BxTxGxH, q_positions_BxR, positions_BxT, causal,
+                     q_segment_ids_BxR, segment_ids_BxT):
+        """Queries at some rows against every key. The fused kernels place query i at position i, so a mask
+        (causal, window, documents) is written out from the positions for the `xla` kernel: R x T scores per head,
+        few next to a layer's T x T. Without one, `blocked` and `cpp` take R queries over T keys as they are
+        (cuDNN and Pallas, not run that way yet, leave them to `xla`)."""
+        if not (causal or self.window or segment_ids_BxT is not None):
+            impl = attention_kernels.resolve(self.impl, self.dtype)
+            return attention_kernels.attend(q_BxRxNxH, k_BxTxGxH, v_BxTxGxH, causal=False,
+                                            impl=impl if impl in ("blocked", "cpp") else "xla")
+        mask = attention_mask(q_positions_BxR, positions_BxT, causal=causal, window=self.window,
+                              q_seg_BxT=q_segment_ids_BxR, k_seg_BxS=segment_ids_BxT)
+        return attention_kernels.attend(q_BxRxNxH, k_BxTxGxH, v_BxTxGxH, impl="xla", causal=False, mask=mask)
 
     def _attend_cached(self, q, k, v, positions_BxT, causal, cache):
         """Write this chunk's K/V at its slots, then attend over every filled slot the mask allows.

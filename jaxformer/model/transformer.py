@@ -13,7 +13,7 @@ from flax import nnx
 
 from jaxformer import objectives
 from jaxformer.config import Config, ModelConfig
-from jaxformer.model import attention_kernels, dot_grads
+from jaxformer.model import dot_grads
 from jaxformer.model.attention import Attention, KVCache, init_cache
 from jaxformer.model.layers import MLP, Linear, Norm, activation, dropout, dtypes
 from jaxformer.model.moe import MoE
@@ -31,17 +31,11 @@ def layer_is_moe(cfg: ModelConfig, layer: int) -> bool:
     return cfg.n_experts > 0 and (layer + 1) % cfg.moe_every == 0
 
 
-def last_block_can_skip_rows(cfg: ModelConfig, *, causal: bool, segment_ids: bool) -> bool:
-    """Whether the last block may compute only some rows (`Transformer.__call__(rows_BxR=...)`): exactly the
-    full block's output at those rows when every row's output depends on the other positions only through keys
-    and values, i.e. not with MoE (capacity and the balancing loss depend on every token). Built for the masks
-    every kernel takes over fewer queries than keys: bidirectional, no window, no segment ids; and for the
-    kernels tested on CPU (xla, blocked, cpp)."""
-    last = cfg.n_layer - 1
-    impl = attention_kernels.resolve(cfg.attention_impl, cfg.dtype, window=layer_window(cfg, last),
-                                     segment_ids=segment_ids)
-    return (not causal and not segment_ids and not layer_window(cfg, last) and not layer_is_moe(cfg, last)
-            and impl in ("xla", "blocked", "cpp"))
+def last_block_can_skip_rows(cfg: ModelConfig) -> bool:
+    """Whether the last block may compute only some rows (`Transformer.__call__(rows_BxR=...)`) and give exactly
+    the full block's output there: each row's output depends on the other positions only through keys and
+    values, except under MoE (expert capacity and the balancing loss depend on every token)."""
+    return not layer_is_moe(cfg, cfg.n_layer - 1)
 
 
 class Block(nnx.Module):
@@ -150,6 +144,7 @@ class Transformer(nnx.Module):
         `segment_ids_BxT` is something else: the packing/padding ids that limit attention.
         `rows_BxR`: return the final states at these positions only, [B, R, D], the last block computing nothing
         else (`last_block_can_skip_rows` says when it can; the masked-LM loss reads R = 15% of the positions).
+        No KV cache with it.
         """
         cfg = self.cfg
         if positions_BxT is None:

@@ -39,9 +39,6 @@ class Objective:
     token_level: ClassVar[bool] = True  # one prediction per token (perplexity/bpc mean something), else per example
     reads_corpus: ClassVar[bool] = True  # trains on the corpus `cfg.data` names; False: brings its own examples
     pair_tasks: ClassVar[bool] = False  # whether objective.pair_task (NSP / SOP) can train beside it
-    # Whether its training loss runs the last block at the predicted slots only (`slot_states`, where the model
-    # can: model.last_block_slots_only); `jaxformer params` counts the FLOPs by it.
-    last_block_at_slots: ClassVar[bool] = False
 
     @classmethod
     def resolve_config(cls, o: ObjectiveConfig) -> ObjectiveConfig:
@@ -64,6 +61,12 @@ class Objective:
     def causal(self) -> bool:
         """Causal (decoder) or bidirectional (encoder) attention."""
         raise NotImplementedError
+
+    @property
+    def last_block_at_slots(self) -> bool:
+        """Whether its training loss runs the last block at the predicted positions only, where the model can
+        (model.last_block_slots_only); `jaxformer params` counts the FLOPs by it."""
+        return False
 
     @property
     def family(self) -> str:

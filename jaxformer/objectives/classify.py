@@ -69,6 +69,10 @@ class SequenceClassification(Objective):
     def causal(self) -> bool:
         return self.cfg.causal
 
+    @property
+    def last_block_at_slots(self) -> bool:
+        return self.cfg.pooling in ("cls", "last")  # one position per sequence; the mean reads every one
+
     def prepare(self, batch: dict, rng: jax.Array) -> dict:
         """A label < 0 marks a padding row (weight 0), which keeps the last evaluation batch full-sized. Real
         tokens are segment 1 and PAD segment 0, so no real token attends to padding (the result does not depend
@@ -80,3 +84,16 @@ class SequenceClassification(Objective):
 
     def scores(self, model, hidden_BxTxD, ex):
         return model.classify(pool(hidden_BxTxD, ex["pool_weights"]))  # [B, D] -> [B, C]
+
+    def logits(self, model, ex: dict, *, rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """[CLS] / last-token pooling reads one position per sequence: with `model.last_block_slots_only` the
+        last block computes that row alone (see MaskedLM.slot_and_cls_states), the same logits."""
+        # imported here: the model module imports objectives
+        from jaxformer.model.transformer import last_block_can_skip_rows
+
+        if not (self.last_block_at_slots and model.cfg.last_block_slots_only and last_block_can_skip_rows(model.cfg)):
+            return super().logits(model, ex, rng=rng)
+        rows_Bx1 = jnp.argmax(ex["pool_weights"], axis=1)[:, None]  # the one-hot pooling weights' position
+        h_Bx1xD, aux, _ = model(ex["inputs"], causal=self.causal, segment_ids_BxT=ex["segment_ids"], rng=rng,
+                                rows_BxR=rows_Bx1)
+        return model.classify(h_Bx1xD[:, 0].astype(jnp.float32)).astype(jnp.float32), aux

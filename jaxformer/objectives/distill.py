@@ -76,7 +76,9 @@ def real_positions(ex: dict, pad: int | None) -> jax.Array:
 class Distillation(Objective):
     """Mixed into CausalLM / MaskedLM (see DISTILLED): their prepare, head and attention, plus the teacher's terms."""
 
-    last_block_at_slots = False  # the loss reads every position's final state (objective.distill_hidden)
+    @property
+    def last_block_at_slots(self) -> bool:
+        return False  # the loss reads every position's final state (objective.distill_hidden)
 
     @classmethod
     def validate_config(cls, cfg: Config) -> None:

@@ -62,7 +62,6 @@ class MaskedLM(Objective):
     head = "mlm"
     abilities = frozenset({"fill-mask"})
     pair_tasks = True
-    last_block_at_slots = True
 
     @classmethod
     def validate_config(cls, cfg: Config) -> None:
@@ -75,6 +74,10 @@ class MaskedLM(Objective):
     def causal(self) -> bool:
         return False
 
+    @property
+    def last_block_at_slots(self) -> bool:
+        return True
+
     def prepare(self, batch: dict, rng: jax.Array) -> dict:
         ex = self.with_packing(self.mask_tokens(batch["tokens"][:, :-1], rng), batch)
         if self.cfg.pair_task:  # pair rows keep the T+1 window shape of every batch; the last column is padding
@@ -84,9 +87,9 @@ class MaskedLM(Objective):
     def loss_sums(self, model, ex: dict, *, rng: jax.Array | None) -> tuple[jax.Array, dict]:
         if not self.cfg.pair_task:
             return super().loss_sums(model, ex, rng=rng)
-        hidden_BxTxD, aux = self.forward(model, ex, rng=rng)
-        mlm_sum, stats = self.prediction_sums(self.scores(model, hidden_BxTxD, ex).astype(jnp.float32), ex, aux)
-        pair_logits_Bx2 = model.pair_logits(hidden_BxTxD[:, 0]).astype(jnp.float32)  # [CLS] is position 0
+        h_BxMxD, cls_BxD, aux = self.slot_and_cls_states(model, ex, rng=rng, cls=True)
+        mlm_sum, stats = self.prediction_sums(self.head_logits(model, h_BxMxD).astype(jnp.float32), ex, aux)
+        pair_logits_Bx2 = model.pair_logits(cls_BxD).astype(jnp.float32)
         labels_B = ex["pair_labels"]
         xent_B = optax.softmax_cross_entropy_with_integer_labels(pair_logits_Bx2, labels_B)
         correct_B = (jnp.argmax(pair_logits_Bx2, -1) == labels_B).astype(jnp.float32)
@@ -151,20 +154,30 @@ class MaskedLM(Objective):
                 "weights": chosen_BxM.astype(jnp.float32)}
 
     def slot_states(self, model, ex, *, rng=None):
-        """The last block computes its output at the masked positions alone (`model.last_block_slots_only`): the
-        loss reads nothing else of it, so the result is the full forward's at those rows (dropout in that block
-        draws its masks at those rows only). 1 - mask_rate of the last block's work is skipped, except the key
-        and value projections, which every position still needs."""
+        h_BxMxD, _, aux = self.slot_and_cls_states(model, ex, rng=rng, cls=False)
+        return h_BxMxD, aux
+
+    def slot_and_cls_states(self, model, ex, *, rng, cls: bool):
+        """The final states at the masked positions [B, M, D], at [CLS] (position 0) [B, D] when `cls` (pair
+        tasks) else None, and the MoE auxiliary loss.
+
+        With `model.last_block_slots_only` the last block computes those rows alone: the loss reads nothing else
+        of it, so they equal the full forward's (dropout in that block draws its masks at those rows only), and
+        1 - mask_rate of that block's work is skipped, all but the key and value projections that every
+        position still needs."""
         # imported here: the model module imports objectives
         from jaxformer.model.transformer import last_block_can_skip_rows
 
-        segment_ids = ex.get("segment_ids")
-        if not (model.cfg.last_block_slots_only and last_block_can_skip_rows(
-                model.cfg, causal=self.causal, segment_ids=segment_ids is not None)):
-            return super().slot_states(model, ex, rng=rng)
-        h_BxMxD, aux, _ = model(ex["inputs"], causal=self.causal, positions_BxT=ex.get("positions"),
-                                token_types_BxT=ex.get("token_types"), rng=rng, rows_BxR=ex["mask_positions"])
-        return h_BxMxD, aux
+        if not (model.cfg.last_block_slots_only and last_block_can_skip_rows(model.cfg)):
+            hidden_BxTxD, aux = self.forward(model, ex, rng=rng)
+            return self.slot_hidden(hidden_BxTxD, ex), hidden_BxTxD[:, 0] if cls else None, aux
+        rows_BxR = ex["mask_positions"]
+        if cls:
+            rows_BxR = jnp.concatenate([jnp.zeros_like(rows_BxR[:, :1]), rows_BxR], axis=1)
+        h_BxRxD, aux, _ = model(ex["inputs"], causal=self.causal, positions_BxT=ex.get("positions"),
+                                segment_ids_BxT=ex.get("segment_ids"), token_types_BxT=ex.get("token_types"),
+                                rng=rng, rows_BxR=rows_BxR)
+        return (h_BxRxD[:, 1:], h_BxRxD[:, 0], aux) if cls else (h_BxRxD, None, aux)
 
     def slot_hidden(self, hidden_BxTxD, ex):
         # Only the masked positions reach the head: [B, T, D] -> [B, M, D].
