@@ -22,13 +22,15 @@ TINY = compare.Scale(model=("model.n_layer=2", "model.d_model=32", "model.n_head
 def hand_count(*, layers, d, t, v, mask_rate=None):
     """Executed training FLOPs per token: 3 x forward, 2 FLOPs per multiply-add; per layer q, k, v, o (4 d x d),
     the MLP (d x 4d and 4d x d) and the full T x T square of scores and values; then the vocabulary projection
-    (decoder: every position; encoder: BERT's d x d transform + projection at ceil(rate x T) slots per row)."""
+    (decoder: every position; encoder: BERT's d x d transform + projection at ceil(rate x T) slots per row). The
+    encoder's last layer computes its slot rows only: all of it but the k and v projections at that fraction."""
     per_layer = 2 * 4 * d * d + 2 * 2 * 4 * d * d + 2 * 2 * d * t
     if mask_rate is None:
-        head = 2 * d * v
-    else:
-        head = (2 * d * d + 2 * d * v) * math.ceil(mask_rate * t) / t
-    return 3 * (layers * per_layer + head)
+        return 3 * (layers * per_layer + 2 * d * v)
+    slots = math.ceil(mask_rate * t) / t
+    kv = 2 * 2 * d * d
+    last_layer = kv + slots * (per_layer - kv)
+    return 3 * ((layers - 1) * per_layer + last_layer + (2 * d * d + 2 * d * v) * slots)
 
 
 def test_encoder_steps_match_the_decoder_flops_of_a_hand_count():
@@ -38,8 +40,8 @@ def test_encoder_steps_match_the_decoder_flops_of_a_hand_count():
     assert (dec.family, dec.steps, dec.tokens_per_step) == ("decoder", 10, 8 * 16)
     budget = 10 * 8 * 16 * hand_count(layers=2, d=32, t=16, v=64)
     per_step = 8 * 16 * enc.flops_per_token
-    # The encoder's head predicts 3 of 16 positions, so it is cheaper per step and gets more steps: the step
-    # count whose FLOPs are nearest the decoder's.
+    # The encoder's head and last layer compute 3 of 16 positions, so it is cheaper per step and gets more steps:
+    # the step count whose FLOPs are nearest the decoder's.
     assert enc.steps == round(budget / per_step) > dec.steps
     assert abs(enc.training_flops - dec.training_flops) <= per_step / 2
     assert enc.cfg.train.steps == enc.steps and dec.cfg.train.steps == 10
