@@ -75,7 +75,8 @@ class ModelConfig:
     # reads (its queries, attention output and MLP at the masked slots and a pair task's [CLS], or at the pooled
     # token; keys and values at every position), since nothing else of it reaches the loss
     # (jaxformer/objectives/mlm.py, classify.py). The whole block under MoE in the last layer (capacity and the
-    # balancing loss see every token). Same loss, so runs may switch on resume.
+    # balancing loss see every token). Same loss (dropout there draws its masks at the kept rows only), so runs may
+    # switch on resume.
     last_block_slots_only: bool = True
     # Segment (token-type) embeddings: how many types (BERT: 2, sentence A / B); 0 = none.
     type_vocab_size: int = 0

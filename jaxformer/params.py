@@ -106,8 +106,8 @@ def _predicted_fraction(cfg: config_lib.Config, head: str) -> tuple[float, float
 
 
 def last_block_skips_rows(cfg: config_lib.Config) -> bool:
-    """Whether training computes the last block at the masked positions only (model.last_block_slots_only, a
-    masked-LM run whose last block is not MoE)."""
+    """Whether training computes the last block at the positions its loss reads only (model.last_block_slots_only:
+    masked LM, or a classifier pooling [CLS] or the last token, whose last block is not MoE)."""
     from jaxformer.model.transformer import last_block_can_skip_rows
 
     m = cfg.model
@@ -126,12 +126,12 @@ def count(cfg: config_lib.Config) -> dict:
     head = objective.head
     executed_fraction, ideal_fraction = _predicted_fraction(cfg, head)
     capacity = expert_capacity(m, t) if m.n_experts else 0
-    # The last block at the masked positions (and [CLS] with a pair task) only: its row-wise matmuls (all but the
+    # The last block at the head's positions (and [CLS] with a pair task) only: its row-wise matmuls (all but the
     # key and value projections) and its queries' attention run at that fraction of the positions, the attention
     # over all T keys (the XLA kernel with a mask where one is needed).
     last_rows = last_block_skips_rows(cfg)
-    cls = 1 / t if cfg.objective.pair_task else 0.0
-    rows_fraction = (executed_fraction + cls, ideal_fraction + cls)
+    cls_row = 1 / t if cfg.objective.pair_task else 0.0
+    rows_fraction = (executed_fraction + cls_row, ideal_fraction + cls_row)
 
     params = {name: 0 for name in COMPONENTS}
     executed = {name: 0.0 for name in COMPONENTS}
