@@ -74,7 +74,8 @@ class ModelConfig:
     # Masked LM and classification by [CLS] / last token: the last block computes only the positions the loss
     # reads (its queries, attention output and MLP at the masked slots and a pair task's [CLS], or at the pooled
     # token; keys and values at every position), since nothing else of it reaches the loss
-    # (jaxformer/objectives/mlm.py, classify.py). The whole block under MoE in the last layer (capacity and the
+    # (jaxformer/objectives/mlm.py, classify.py; a distilled student and its teacher too, without
+    # objective.distill_hidden). The whole block under MoE in the last layer (capacity and the
     # balancing loss see every token). Same loss (dropout there draws its masks at the kept rows only), so runs may
     # switch on resume.
     last_block_slots_only: bool = True

@@ -107,3 +107,38 @@ def test_the_whole_last_block_runs_under_moe_or_mean_pooling(model, batch, objec
     assert flops_on == flops_off
     np.testing.assert_allclose(loss_on, loss_off, rtol=1e-6)
     assert not params_lib.last_block_skips_rows(cfg)
+
+
+def test_a_distilled_mlm_student_and_its_teacher_run_the_last_block_at_the_slots():
+    """Without the hidden-state term (distill_hidden=0, the default) both the student's and the frozen teacher's
+    last blocks compute the masked rows alone: the same total loss and gradients, less multiplied."""
+    from jaxformer.objectives import Teacher
+
+    student_cfg = tiny_config("mlm", "objective.teacher=/t", "objective.distill_alpha=0.5", vocab_size=97,
+                              model=dict(n_layer=2, attention_impl="xla"), train=dict(seq_len=T))
+    objective = objectives.for_config(student_cfg)
+    assert objective.last_block_at_slots and params_lib.last_block_skips_rows(student_cfg)
+    graphdef, state = nnx.split(build_model(student_cfg))
+    ex = objective.prepare({"tokens": jnp.asarray(_batch("plain")["tokens"])}, jax.random.key(2))
+    out = []
+    for on in (True, False):
+        teacher_cfg = tiny_config("mlm", vocab_size=97, model=dict(n_layer=3, last_block_slots_only=on),
+                                  train=dict(seq_len=T))
+        t_graph, t_params = nnx.split(build_model(teacher_cfg, seed=1), nnx.Param)
+        teacher = Teacher(t_params, t_graph, teacher_cfg)
+
+        def loss(state, on=on, teacher=teacher):
+            model = nnx.merge(graphdef, state)
+            model.cfg = replace(model.cfg, last_block_slots_only=on)
+            return objective.loss_sums(model, ex, rng=None, teacher=teacher)[0]
+
+        value, grads = jax.jit(jax.value_and_grad(loss))(state)
+        cost = jax.jit(loss).lower(state).compile().cost_analysis()
+        out.append((value, grads, float((cost[0] if isinstance(cost, list) else cost)["flops"])))
+    (loss_on, grads_on, flops_on), (loss_off, grads_off, flops_off) = out
+    np.testing.assert_allclose(loss_on, loss_off, rtol=1e-6)
+    for got, want in zip(jax.tree.leaves(grads_on), jax.tree.leaves(grads_off), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert flops_on < 0.85 * flops_off, flops_on / flops_off
+    assert not params_lib.last_block_skips_rows(replace(student_cfg, objective=replace(
+        student_cfg.objective, distill_hidden=0.5)))  # the cosine term reads every position

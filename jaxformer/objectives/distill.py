@@ -44,12 +44,16 @@ class Teacher:
     graphdef: Any = struct.field(pytree_node=False)
     cfg: Config = struct.field(pytree_node=False)
 
-    def outputs(self, ex: dict) -> tuple[jax.Array, jax.Array]:
-        """The teacher's final hidden states [B, T, D] and float32 logits at the predicted slots of `ex`."""
+    def outputs(self, ex: dict, *, hidden: bool) -> tuple[jax.Array | None, jax.Array]:
+        """The teacher's final hidden states [B, T, D] (when `hidden`, else None) and float32 logits at the
+        predicted slots of `ex`. Without the hidden states an MLM teacher runs its last block at the slots only
+        (model.last_block_slots_only), as the student does."""
         from jaxformer import objectives  # the package imports this module
 
         objective = objectives.for_config(self.cfg)
         model = nnx.merge(self.graphdef, self.params)
+        if not hidden:
+            return None, jax.lax.stop_gradient(objective.logits(model, ex)[0])
         hidden_BxTxD, _, _ = model(ex["inputs"], causal=objective.causal, positions_BxT=ex.get("positions"),
                                    segment_ids_BxT=ex.get("segment_ids"))
         logits = objective.scores(model, hidden_BxTxD, ex).astype(jnp.float32)
@@ -78,7 +82,7 @@ class Distillation(Objective):
 
     @property
     def last_block_at_slots(self) -> bool:
-        return False  # the loss reads every position's final state (objective.distill_hidden)
+        return super().last_block_at_slots and not self.cfg.distill_hidden  # the cosine term reads every position
 
     @classmethod
     def validate_config(cls, cfg: Config) -> None:
@@ -105,14 +109,17 @@ class Distillation(Objective):
         """The weighted total (with a teacher) or the hard loss alone (without: evaluation). `stats["terms"]`
         holds each term's sum for the metrics: `loss` (hard), `distill_loss` (T^2 KL), `hidden_loss` (cosine,
         when weighted) and `total_loss` (what the gradient follows)."""
-        hidden_BxTxD, aux = self.forward(model, ex, rng=rng)
-        logits = self.scores(model, hidden_BxTxD, ex).astype(jnp.float32)
+        o = self.cfg
+        if o.distill_hidden:  # the cosine term reads every position's final state
+            hidden_BxTxD, aux = self.forward(model, ex, rng=rng)
+            logits = self.scores(model, hidden_BxTxD, ex).astype(jnp.float32)
+        else:  # the slots alone (an MLM student's last block computes no other row)
+            logits, aux = self.logits(model, ex, rng=rng)
         hard_sum, correct_sum = xent_sums(logits, ex["targets"], ex["weights"])
         stats = {"correct": correct_sum, "n_tokens": jnp.sum(ex["weights"]), "aux": aux}
         if teacher is None:
             return hard_sum, stats
-        o = self.cfg
-        teacher_hidden_BxTxD, teacher_logits = teacher.outputs(ex)
+        teacher_hidden_BxTxD, teacher_logits = teacher.outputs(ex, hidden=bool(o.distill_hidden))
         soft_sum = soft_target_sum(teacher_logits, logits, ex["weights"], o.temperature)
         total = (1.0 - o.distill_alpha) * hard_sum + o.distill_alpha * soft_sum
         terms = {"loss": hard_sum, "distill_loss": soft_sum}
