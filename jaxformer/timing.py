@@ -109,14 +109,16 @@ def model_flops(cfg) -> dict:
     """Training (forward + backward) model FLOPs per token as executed (`jaxformer.params.count`: full attention
     square, MLM's head at its prediction slots only), and the same with the head on every position.
 
-    The attention square is charged whole whatever kernel runs (counted as the `xla` kernel executes it): MFU's
-    numerator is the model's work (PaLM's convention), so a kernel that skips masked blocks shows up as a higher
-    MFU, and every impl of a cell is charged the same FLOPs."""
+    The attention square is charged whole whatever kernel runs (counted as the `xla` kernel executes it), and an
+    MLM's last block at every position (`model.last_block_slots_only` skips rows the loss never reads): MFU's
+    numerator is the model's work (PaLM's convention), so a kernel or a step that skips part of it shows up as a
+    higher MFU, and every impl of a cell is charged the same FLOPs."""
     from dataclasses import replace
 
     from jaxformer import params as params_lib
 
-    counts = params_lib.count(replace(cfg, model=replace(cfg.model, attention_impl="xla")))
+    counts = params_lib.count(replace(cfg, model=replace(cfg.model, attention_impl="xla",
+                                                         last_block_slots_only=False)))
     out = {"flops_per_token": counts["training_flops_per_token"]["executed"]}
     head = sum(3 * c["forward_flops_executed"] for c in counts["components"] if c["name"] in params_lib.HEADS)
     fraction = counts["predicted_fraction"]["executed"]
