@@ -1,5 +1,6 @@
 """model.last_block_slots_only: a masked-LM loss runs its last block at the masked positions only, a classifier
-pooling [CLS] or the last token at that one position.
+pooling [CLS] or the last token at that one position, a distillation without the hidden-state term the student's
+and the teacher's at the slots.
 
 The reference is the same model with the whole last block (`last_block_slots_only=false`): the loss must be the
 same and so must every gradient, and the compiled program must multiply less (else the option did nothing). With a
@@ -47,7 +48,8 @@ def _batch(kind: str) -> dict:
 
 def _losses_and_grads(model_overrides: dict, batch: str = "plain", objective_overrides: dict | None = None):
     """(total loss, grads, XLA's FLOPs of the loss's forward) with the option on and off."""
-    cfg = tiny_config("classify" if batch == "classify" else "mlm", vocab_size=97, model=dict(n_layer=2, **model_overrides), train=dict(seq_len=T),
+    kind = "classify" if batch == "classify" else "mlm"
+    cfg = tiny_config(kind, vocab_size=97, model=dict(n_layer=2, **model_overrides), train=dict(seq_len=T),
                       data=dict(packing=batch == "packed"), objective=objective_overrides or {})
     objective = objectives.for_config(cfg)
     graphdef, state = nnx.split(build_model(cfg))
