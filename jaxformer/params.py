@@ -108,10 +108,9 @@ def _predicted_fraction(cfg: config_lib.Config, head: str) -> tuple[float, float
 def last_block_skips_rows(cfg: config_lib.Config) -> bool:
     """Whether training computes the last block at the positions its loss reads only (model.last_block_slots_only:
     masked LM, or a classifier pooling [CLS] or the last token, whose last block is not MoE)."""
-    from jaxformer.model.transformer import last_block_can_skip_rows
+    from jaxformer.model.transformer import last_block_skips_rows
 
-    m = cfg.model
-    return m.last_block_slots_only and objectives.for_config(cfg).last_block_at_slots and last_block_can_skip_rows(m)
+    return objectives.for_config(cfg).last_block_at_slots and last_block_skips_rows(cfg.model)
 
 
 def count(cfg: config_lib.Config) -> dict:

@@ -31,11 +31,12 @@ def layer_is_moe(cfg: ModelConfig, layer: int) -> bool:
     return cfg.n_experts > 0 and (layer + 1) % cfg.moe_every == 0
 
 
-def last_block_can_skip_rows(cfg: ModelConfig) -> bool:
-    """Whether the last block may compute only some rows (`Transformer.__call__(rows_BxR=...)`) and give exactly
-    the full block's output there: each row's output depends on the other positions only through keys and
-    values, except under MoE (expert capacity and the balancing loss depend on every token)."""
-    return not layer_is_moe(cfg, cfg.n_layer - 1)
+def last_block_skips_rows(cfg: ModelConfig) -> bool:
+    """Whether `Transformer.__call__(rows_BxR=...)` runs the last block at those rows alone
+    (model.last_block_slots_only). Exact: each row's output depends on the other positions only through keys and
+    values, except under MoE (expert capacity and the balancing loss depend on every token), which runs the whole
+    block and gathers the rows after it."""
+    return cfg.last_block_slots_only and not layer_is_moe(cfg, cfg.n_layer - 1)
 
 
 class Block(nnx.Module):
@@ -142,9 +143,9 @@ class Transformer(nnx.Module):
         `rng=None` is deterministic (no dropout). With `cache`, the tokens are written at their positions.
         `token_types_BxT`: segment (A/B) ids for the type embeddings; None is type 0 everywhere (as in BERT).
         `segment_ids_BxT` is something else: the packing/padding ids that limit attention.
-        `rows_BxR`: return the final states at these positions only, [B, R, D], the last block computing nothing
-        else (`last_block_can_skip_rows` says when it can; the masked-LM loss reads R = 15% of the positions).
-        No KV cache with it.
+        `rows_BxR`: return the final states at these positions only, [B, R, D]; the last block computes nothing
+        else where `last_block_skips_rows` allows (the masked-LM loss reads R = 15% of the positions). No KV cache
+        with it.
         """
         cfg = self.cfg
         if positions_BxT is None:
@@ -172,13 +173,16 @@ class Transformer(nnx.Module):
             run_block = nnx.remat(run_block)
         aux_total = jnp.zeros((), jnp.float32)
         new_cache = [] if cache is not None else None
+        skip_rows = rows_BxR is not None and last_block_skips_rows(cfg)
         for i, block in enumerate(self.blocks):
-            rows = rows_BxR if i == cfg.n_layer - 1 else None
+            rows = rows_BxR if skip_rows and i == cfg.n_layer - 1 else None
             x_BxTxD, aux, layer_cache = run_block(block, x_BxTxD, positions_BxT, segment_ids_BxT,
                                                   None if cache is None else cache[i], rngs[i], rows)
             aux_total = aux_total + aux
             if cache is not None:
                 new_cache.append(layer_cache)
+        if rows_BxR is not None and not skip_rows:
+            x_BxTxD = jnp.take_along_axis(x_BxTxD, rows_BxR[..., None], axis=1)
         if self.final_norm is not None:
             x_BxTxD = self.final_norm(x_BxTxD)
         return x_BxTxD, aux_total, new_cache

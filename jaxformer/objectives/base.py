@@ -64,8 +64,9 @@ class Objective:
 
     @property
     def last_block_at_slots(self) -> bool:
-        """Whether its training loss runs the last block at the predicted positions only, where the model can
-        (model.last_block_slots_only); `jaxformer params` counts the FLOPs by it."""
+        """Whether its training loss asks the model for the predicted positions only (`forward(rows_BxR=...)`,
+        which model.last_block_slots_only turns into a last block at those rows); `jaxformer params` counts the
+        FLOPs by it."""
         return False
 
     @property
@@ -103,12 +104,15 @@ class Objective:
         article = "an" if self.family[0] in "aeiou" else "a"
         return f"{article} {self.family} run with objective.kind={self.kind}"
 
-    def forward(self, model, ex: dict, *, rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-        """The model's final hidden states [B, T, D] on `ex`'s inputs, and the MoE auxiliary loss."""
-        hidden_BxTxD, aux, _ = model(ex["inputs"], causal=self.causal, positions_BxT=ex.get("positions"),
-                                     segment_ids_BxT=ex.get("segment_ids"), token_types_BxT=ex.get("token_types"),
-                                     rng=rng)
-        return hidden_BxTxD, aux
+    def forward(self, model, ex: dict, *, rng: jax.Array | None = None,
+                rows_BxR: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """The model's final hidden states [B, T, D] on `ex`'s inputs (only at `rows_BxR`, [B, R, D], when given:
+        the loss reads no other, so the last block computes no other where the model can), and the MoE
+        auxiliary loss."""
+        hidden, aux, _ = model(ex["inputs"], causal=self.causal, positions_BxT=ex.get("positions"),
+                               segment_ids_BxT=ex.get("segment_ids"), token_types_BxT=ex.get("token_types"),
+                               rng=rng, rows_BxR=rows_BxR)
+        return hidden, aux
 
     def slot_states(self, model, ex: dict, *, rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """The final hidden states [B, P, D] at the predicted slots of `ex` (the forward pass), and the MoE

@@ -86,14 +86,10 @@ class SequenceClassification(Objective):
         return model.classify(pool(hidden_BxTxD, ex["pool_weights"]))  # [B, D] -> [B, C]
 
     def logits(self, model, ex: dict, *, rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-        """[CLS] / last-token pooling reads one position per sequence: with `model.last_block_slots_only` the
-        last block computes that row alone (see MaskedLM.slot_and_cls_states), the same logits."""
-        # imported here: the model module imports objectives
-        from jaxformer.model.transformer import last_block_can_skip_rows
-
-        if not (self.last_block_at_slots and model.cfg.last_block_slots_only and last_block_can_skip_rows(model.cfg)):
+        """[CLS] / last-token pooling reads one position per sequence: the model is asked for that row alone
+        (with `model.last_block_slots_only` the last block computes no other), the same logits."""
+        if not self.last_block_at_slots:
             return super().logits(model, ex, rng=rng)
         rows_Bx1 = jnp.argmax(ex["pool_weights"], axis=1)[:, None]  # the one-hot pooling weights' position
-        h_Bx1xD, aux, _ = model(ex["inputs"], causal=self.causal, segment_ids_BxT=ex["segment_ids"], rng=rng,
-                                rows_BxR=rows_Bx1)
+        h_Bx1xD, aux = self.forward(model, ex, rng=rng, rows_BxR=rows_Bx1)
         return model.classify(h_Bx1xD[:, 0].astype(jnp.float32)).astype(jnp.float32), aux

@@ -159,24 +159,13 @@ class MaskedLM(Objective):
 
     def slot_and_cls_states(self, model, ex, *, rng, cls: bool):
         """The final states at the masked positions [B, M, D], at [CLS] (position 0) [B, D] when `cls` (pair
-        tasks) else None, and the MoE auxiliary loss.
-
-        With `model.last_block_slots_only` the last block computes those rows alone: the loss reads nothing else
-        of it, so they equal the full forward's (dropout in that block draws its masks at those rows only), and
-        1 - mask_rate of that block's work is skipped, all but the key and value projections that every
-        position still needs."""
-        # imported here: the model module imports objectives
-        from jaxformer.model.transformer import last_block_can_skip_rows
-
-        if not (model.cfg.last_block_slots_only and last_block_can_skip_rows(model.cfg)):
-            hidden_BxTxD, aux = self.forward(model, ex, rng=rng)
-            return self.slot_hidden(hidden_BxTxD, ex), hidden_BxTxD[:, 0] if cls else None, aux
+        tasks) else None, and the MoE auxiliary loss: the loss reads nothing else of the last block, so with
+        `model.last_block_slots_only` it computes these rows alone, all but the key and value projections that
+        every position still needs (dropout there draws its masks at these rows only)."""
         rows_BxR = ex["mask_positions"]
         if cls:
             rows_BxR = jnp.concatenate([jnp.zeros_like(rows_BxR[:, :1]), rows_BxR], axis=1)
-        h_BxRxD, aux, _ = model(ex["inputs"], causal=self.causal, positions_BxT=ex.get("positions"),
-                                segment_ids_BxT=ex.get("segment_ids"), token_types_BxT=ex.get("token_types"),
-                                rng=rng, rows_BxR=rows_BxR)
+        h_BxRxD, aux = self.forward(model, ex, rng=rng, rows_BxR=rows_BxR)
         return (h_BxRxD[:, 1:], h_BxRxD[:, 0], aux) if cls else (h_BxRxD, None, aux)
 
     def slot_hidden(self, hidden_BxTxD, ex):
