@@ -47,12 +47,12 @@ def test_a_bad_variant_is_one_sentence_before_any_cell_runs(text, match):
         timing.check_sizes(_args("--variant", text))
 
 
-def _ab_step():
+def _benchmark(name="ab_step"):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ab_step.py"
-    spec = importlib.util.spec_from_file_location("ab_step", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -66,8 +66,8 @@ def test_ab_step_alternates_both_programs_in_one_process(tmp_path, variant, same
     import json
 
     out = tmp_path / "ab.json"
-    assert _ab_step().main(["--variant", variant, "--configs", "S", "--objectives", "clm", "--pairs", "3",
-                            "--batch-size", "2", "--seq-len", "16", "--vocab", "64", "--out", str(out)]) == 0
+    assert _benchmark().main(["--variant", variant, "--configs", "S", "--objectives", "clm", "--pairs", "3",
+                              "--batch-size", "2", "--seq-len", "16", "--vocab", "64", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     (cell,) = result["cells"]
     assert result["variant"] == variant and cell["overrides"] == dict([variant.split("=")])
@@ -84,9 +84,9 @@ def test_ab_step_set_changes_both_programs(tmp_path):
 
     def last_losses(*extra):
         out = tmp_path / "ab.json"
-        assert _ab_step().main(["--variant", "model.attention_impl=blocked", *extra, "--configs", "S", "--objectives",
-                                "clm", "--pairs", "1", "--batch-size", "2", "--seq-len", "16", "--vocab", "64",
-                                "--out", str(out)]) == 0
+        assert _benchmark().main(["--variant", "model.attention_impl=blocked", *extra, "--configs", "S",
+                                  "--objectives", "clm", "--pairs", "1", "--batch-size", "2", "--seq-len", "16",
+                                  "--vocab", "64", "--out", str(out)]) == 0
         (cell,) = json.loads(out.read_text())["cells"]
         return cell["base"], cell["baseline_loss_last"], cell["variant_loss_last"]
 
@@ -96,7 +96,7 @@ def test_ab_step_set_changes_both_programs(tmp_path):
 
 
 def test_ab_step_refuses_a_bad_variant_in_one_sentence(capsys):
-    assert _ab_step().main(["--variant", "model.dot_grad=xla"]) == 2
+    assert _benchmark().main(["--variant", "model.dot_grad=xla"]) == 2
     assert "did you mean" in capsys.readouterr().err
 
 
@@ -114,3 +114,17 @@ def test_packed_cells_carry_their_documents():
     assert cfg.data.packing and (tokens == EOS).sum() >= 2
     np.testing.assert_array_equal(np.diff(segments, axis=1), tokens[:, :-1] == EOS)
     np.testing.assert_array_equal(positions[:, 1:] == 0, tokens[:, :-1] == EOS)
+
+
+def test_ab_gate_up_times_the_same_mlp_in_both_forms(tmp_path):
+    """benchmarks/ab_gate_up.py at smoke size: the one-product form computes the two-product MLP's loss and
+    input gradient (so its ratio compares the same math), one ratio per pair."""
+    import json
+
+    out = tmp_path / "gate_up.json"
+    assert _benchmark("ab_gate_up").main(["--batch-size", "2", "--seq-len", "8", "--d", "16", "--f", "24",
+                                          "--pairs", "3", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["pairs"] == 3 and 0 < result["ratio_q1"] <= result["ratio_median"] <= result["ratio_q3"]
+    assert result["loss_one"] == pytest.approx(result["loss_two"], rel=1e-5) and result["loss_two"] > 0
+    assert result["input_grad_max_abs_diff"] < 1e-5
