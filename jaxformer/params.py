@@ -36,8 +36,9 @@ from flax import nnx
 
 from jaxformer import config as config_lib
 from jaxformer import objectives
-from jaxformer.model import build_model
+from jaxformer.model import attention_kernels, build_model, transformer
 from jaxformer.model.moe import expert_capacity
+from jaxformer.model.transformer import layer_is_moe, layer_window
 
 # Rows of the report, in this order; the ones without parameters only cost FLOPs.
 COMPONENTS = ("embedding", "positions", "token_types", "embed_proj", "attention.q", "attention.k", "attention.v", "attention.o",
@@ -108,17 +109,12 @@ def _predicted_fraction(cfg: config_lib.Config, head: str) -> tuple[float, float
 def last_block_skips_rows(cfg: config_lib.Config) -> bool:
     """Whether training computes the last block at the positions its loss reads only (model.last_block_slots_only:
     masked LM, or a classifier pooling [CLS] or the last token, whose last block is not MoE)."""
-    from jaxformer.model.transformer import last_block_skips_rows
-
-    return objectives.for_config(cfg).last_block_at_slots and last_block_skips_rows(cfg.model)
+    return objectives.for_config(cfg).last_block_at_slots and transformer.last_block_skips_rows(cfg.model)
 
 
 def count(cfg: config_lib.Config) -> dict:
     """The accounting of a config: parameters and forward FLOPs per token for each component, totals per token
     forward and per training token (executed and ideal), and the walk-through's weight-matrix count."""
-    from jaxformer.model import attention_kernels
-    from jaxformer.model.transformer import layer_is_moe, layer_window
-
     cfg = config_lib.resolve(cfg, vocab_size=cfg.model.vocab_size or 256)
     m, t = cfg.model, cfg.train.seq_len
     objective = objectives.for_config(cfg)
